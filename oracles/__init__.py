@@ -1,0 +1,1 @@
+"""Reference runners: the full-precision oracle that every candidate is judged against."""

@@ -1,0 +1,1 @@
+"""Renderers of verdicts: terminal, Markdown, HTML, JSON, CSV."""
