@@ -1,0 +1,39 @@
+"""`flipgate report`: render saved verdicts again, in any format, without the models."""
+
+from __future__ import annotations
+
+from harness.cli import add_command
+
+FORMATS = ("terminal", "md", "html", "json", "csv")
+
+
+def register(sub) -> None:
+    p = add_command(
+        sub, "report", help="render saved verdict JSON files: terminal, Markdown, HTML, JSON or CSV",
+        description="Render saved verdicts (flipgate.verdict/1 JSON, or a comparison's or sign-off's JSON) "
+                    "without running any model. HTML and Markdown written with --out get their plots as PNG "
+                    "files beside them.",
+        example="flipgate report int8hu.json fp16.json --format html --out int8hu.html")
+    p.add_argument("verdicts", nargs="+", metavar="VERDICT.json", help="verdict files")
+    p.add_argument("--format", choices=FORMATS, default="terminal", help="output format (default: terminal)")
+    p.add_argument("--out", metavar="F", help="write to this file (default: standard output)")
+    p.add_argument("--all-positions", action="store_true", help="list matching positions too, not only flips")
+    p.add_argument("--title", default="flipgate report", help="the report's title")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import sys
+
+    from reports import build_report, load_verdicts, render, write_report
+    from reports.terminal import print_report
+
+    report = build_report(load_verdicts(args.verdicts), title=args.title, all_positions=args.all_positions)
+    if args.out:
+        for path in write_report(args.out, report, args.format):
+            print(path)
+    elif args.format == "terminal":
+        print_report(report)
+    else:
+        sys.stdout.write(render(report, args.format))
+    return 0

@@ -1,0 +1,57 @@
+"""The machine-readable renderers: JSON (the verdict schema itself) and CSV (pandas, one row per
+gate × position). Token text stays raw here — these are data, not pages — and round-trips exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, Mapping
+
+from .model import candidate_name, control_name, margin_space
+
+# Per-position CSV columns: who, then the schema's fields, then the optional extras and texts.
+CSV_COLUMNS = ("gate", "candidate", "control", "passed", "margin_space", "case", "row", "position",
+               "class", "target_token", "oracle_top1", "oracle_top2", "margin", "candidate_top1",
+               "control_top1", "cosine", "kl", "oracle_rank_in_candidate", "top5_overlap",
+               "oracle_top1_prob", "oracle_top2_prob", "candidate_top1_prob", "control_top1_prob",
+               "context_text", "target_text", "oracle_top1_text", "oracle_top2_text",
+               "candidate_top1_text", "control_top1_text")
+
+
+def render_json(verdicts: list[Mapping]) -> str:
+    """One verdict: its JSON object; several: a JSON array of them. Stable key order, trailing newline.
+
+    A lone surrogate (a token that was not valid UTF-8) is written as its JSON escape `\\udcXX`,
+    which reads back as the same string.
+    """
+    obj: Any = verdicts[0] if len(verdicts) == 1 else list(verdicts)
+    return dumps(obj)
+
+
+def dumps(obj: Any) -> str:
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def positions_frame(verdicts: list[Mapping]):
+    import pandas as pd
+
+    rows = []
+    for v in verdicts:
+        head = {"gate": v["gate"], "candidate": candidate_name(v), "control": control_name(v),
+                "passed": v["passed"], "margin_space": margin_space(v)}
+        for p in v["positions"]:
+            rows.append({**head, **{k: p.get(k) for k in CSV_COLUMNS if k not in head}})
+    frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
+    # Ids stay integers where present (pandas would make a column with a None in it float).
+    for col in ("row", "position", "target_token", "oracle_top1", "oracle_top2", "candidate_top1",
+                "control_top1", "oracle_rank_in_candidate"):
+        frame[col] = frame[col].astype("Int64")
+    return frame
+
+
+def render_csv(verdicts: list[Mapping]) -> str:
+    buf = io.StringIO()
+    positions_frame(verdicts).to_csv(buf, index=False, lineterminator="\n")
+    return buf.getvalue().encode("utf-8", "backslashreplace").decode("utf-8")
