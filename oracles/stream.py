@@ -1,0 +1,536 @@
+"""A float32 oracle that never holds the model: the checkpoint runs one decoder layer at a time.
+
+    StreamedOracle(model_dir).run(sequences)  ->  one CaseTrace per sequence (float32 logits)
+
+Why: a 27B checkpoint in float32 needs ~111 GB, more than the machines that run the gate. The
+streamed oracle holds about one layer in float32 plus the activations of the case set:
+
+  1. the model skeleton is built on the meta device (no weight storage; buffers such as the
+     rotary inverse frequencies are real) by transformers itself, from the checkpoint's config;
+  2. each case runs once through the skeleton's own decoder forward with its layers swapped for
+     recorders, which capture exactly the arguments the model hands each layer (rotary cos/sin,
+     the masks it builds, position ids) -- so nothing of the model's preamble is re-implemented;
+  3. for each layer: its tensors are read from the memory-mapped safetensors files, upcast to
+     float32 and assigned into the model's own decoder-layer module, every case's whole
+     sequence goes through it, and the weights are dropped before the next layer is read;
+  4. the final norm runs on every case, then the lm_head runs in vocabulary chunks.
+
+The logits are bit-identical to `load_causal_lm(dir, "float32")(input_ids).logits` on the fixture
+(tests/oracles/test_stream.py): every layer sees the same float32 operands in the same shapes as
+the in-memory forward, and the head runs on the same rows (all N positions of a case, not only the
+R scored ones: the BLAS picks its kernel, and so its summation order, by the row count).
+
+A file is opened (and so memory-mapped) only while one layer or one head chunk is read from it,
+so pages of the mapping never pile up in the resident set across layers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from harness.candidates.base import Sequence
+from harness.errors import InputError
+from harness.trace import CaseTrace
+
+RUNNER = "hf-stream"
+HEAD_CHUNK_ALIGN = 256  # vocabulary chunks are multiples of this many rows (BLAS-friendly tiles)
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_ST_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def parse_bytes(text: str | int | float | None, *, flag: str = "--max-memory") -> int | None:
+    """'8GB', '512MiB', '1.5g' or a plain byte count -> bytes (None stays None)."""
+    if text is None or isinstance(text, (int, float)):
+        return None if text is None else int(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _UNITS or float(m.group(1)) <= 0:
+        raise InputError(f"{flag} {text!r}: expected a size such as 8GB, 512MiB or a byte count")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set so far (Linux reports KiB, macOS bytes)."""
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+# ---------------------------------------------------------------------------------------------
+# Where every tensor lives, from the safetensors headers (read without loading any data)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def nbytes(self, itemsize: int | None = None) -> int:
+        return self.numel * (itemsize or _ST_ITEMSIZE.get(self.dtype, 4))
+
+
+class CheckpointIndex:
+    """The tensors of a safetensors checkpoint folder: name -> file, dtype, shape.
+
+    Headers are parsed directly (8-byte length + JSON), so indexing a 50 GB checkpoint reads a few
+    kilobytes. A `model.safetensors.index.json`, where present, must agree with the files.
+    """
+
+    def __init__(self, model_dir: str | Path):
+        self.model_dir = Path(model_dir)
+        self.files = self._weight_files()
+        self.tensors: dict[str, TensorInfo] = {}
+        for f in self.files:
+            for name, info in _read_header(f).items():
+                self.tensors[name] = info
+        index = self.model_dir / "model.safetensors.index.json"
+        self.index_name = index.name if index.is_file() else ", ".join(f.name for f in self.files)
+        if index.is_file():
+            self._check_index(index)
+
+    def _weight_files(self) -> list[Path]:
+        if not self.model_dir.is_dir():
+            raise InputError(f"{self.model_dir}: no such checkpoint folder")
+        files = sorted(self.model_dir.glob("*.safetensors"))
+        if not files:
+            found = sorted(f.name for f in self.model_dir.iterdir()
+                           if f.suffix in (".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack"))
+            what = f"its weights are {', '.join(found)}" if found else "it holds no *.safetensors weight files"
+            raise InputError(f"{self.model_dir}: cannot stream this checkpoint: {what}; the streamed oracle "
+                             f"memory-maps safetensors files only (pickle-based weights are never loaded)")
+        return files
+
+    def _check_index(self, index: Path) -> None:
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            if not isinstance(weight_map, dict):
+                raise TypeError
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+            raise InputError(f"{index}: not a safetensors index (no 'weight_map' object)") from None
+        for name, fname in weight_map.items():
+            info = self.tensors.get(name)
+            if info is None:
+                raise InputError(f"{index}: maps tensor {name!r} to {fname}, which "
+                                 f"{'does not hold it' if (self.model_dir / fname).is_file() else 'does not exist'}")
+            if info.file.name != fname:
+                raise InputError(f"{index}: maps tensor {name!r} to {fname}, but it is in {info.file.name}")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def load(self, names: Iterable[str], dtype) -> dict[str, "object"]:
+        """Read tensors (memory-mapped), upcast each as soon as it is read; files stay open only meanwhile."""
+        from safetensors import safe_open
+
+        by_file: dict[Path, list[str]] = {}
+        for n in names:
+            by_file.setdefault(self.tensors[n].file, []).append(n)
+        out = {}
+        for path, group in by_file.items():
+            with safe_open(str(path), framework="pt") as f:
+                for n in group:
+                    t = f.get_tensor(n)
+                    out[n] = t.to(dtype) if t.is_floating_point() else t
+                    del t
+        return out
+
+    def load_rows(self, name: str, start: int, stop: int, dtype):
+        from safetensors import safe_open
+
+        with safe_open(str(self.tensors[name].file), framework="pt") as f:
+            t = f.get_slice(name)[start:stop]
+        return t.to(dtype)
+
+    def gather_rows(self, name: str, ids: np.ndarray, dtype):
+        """Rows `ids` of a 2-D tensor (an embedding), read run by run of consecutive ids."""
+        import torch
+        from safetensors import safe_open
+
+        uniq = np.unique(ids)
+        rows: dict[int, object] = {}
+        with safe_open(str(self.tensors[name].file), framework="pt") as f:
+            sl = f.get_slice(name)
+            start = 0
+            while start < len(uniq):
+                stop = start + 1
+                while stop < len(uniq) and uniq[stop] == uniq[stop - 1] + 1:
+                    stop += 1
+                lo, hi = int(uniq[start]), int(uniq[stop - 1]) + 1
+                block = sl[lo:hi].to(dtype)
+                for k in range(lo, hi):
+                    rows[k] = block[k - lo]
+                start = stop
+        return torch.stack([rows[int(i)] for i in ids])
+
+
+def _read_header(path: Path) -> dict[str, TensorInfo]:
+    import struct
+
+    size = path.stat().st_size
+    why = None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                why = "shorter than the 8-byte header length"
+            else:
+                (hlen,) = struct.unpack("<Q", head)
+                if hlen == 0 or 8 + hlen > size or hlen > 100 * 2**20:
+                    why = "header length out of range"
+                else:
+                    header = json.loads(f.read(hlen).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        why = "header is not JSON"
+    if why is None and not isinstance(header, dict):
+        why = "header is not a JSON object"
+    if why:
+        raise InputError(f"{path}: cannot be memory-mapped as safetensors ({why}); the streamed oracle "
+                         f"reads safetensors weights only")
+    header.pop("__metadata__", None)
+    out = {}
+    for name, info in header.items():
+        try:
+            out[name] = TensorInfo(name, path, str(info["dtype"]), tuple(int(d) for d in info["shape"]))
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{path}: tensor {name!r} has a malformed safetensors header entry") from None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The runner
+
+
+@dataclass
+class StreamStats:
+    """What a streamed pass measured: the figures the memory budget is checked against."""
+
+    layers: int = 0
+    largest_layer: str = ""
+    largest_layer_bytes: int = 0      # float32 weights of the largest decoder layer
+    head_bytes: int = 0               # float32 lm_head (never held whole)
+    head_chunk_rows: int = 0
+    head_chunks: int = 0
+    activation_bytes: int = 0         # estimate: hidden states of every case + one layer's intermediates
+    logits_bytes: int = 0
+    need_bytes: int = 0               # largest layer + activations + logits + one head chunk
+    peak_held_bytes: int = 0          # measured: most weight + hidden-state bytes held at once
+    peak_rss_bytes: int = 0
+    positions: int = 0
+    tokens: int = 0
+    load_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    per_layer_seconds: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d.pop("per_layer_seconds")
+        return d
+
+
+class StreamedOracle:
+    """The float32 oracle, run layer by layer from the memory-mapped checkpoint.
+
+    Shares the runner interface (`runner`, `variant`, `metadata()`, `run(sequences)`); `run`
+    consumes every sequence before yielding, since each layer serves all cases in turn.
+    """
+
+    runner = RUNNER
+
+    def __init__(self, model_dir: str | Path, dtype: str = "float32", max_memory: int | str | None = None,
+                 head_chunk_rows: int | None = None, log: Callable[[str], None] | None = None):
+        if dtype not in ("float32", "fp32"):
+            raise InputError(f"--dtype {dtype!r} with --stream: the streamed oracle runs float32 only "
+                             f"(a bfloat16 oracle fits in memory the ordinary way)")
+        self.model_dir = Path(model_dir)
+        self.dtype = "float32"
+        self.variant = "fp32"
+        self.max_memory = parse_bytes(max_memory)
+        if head_chunk_rows is not None and head_chunk_rows < 1:
+            raise InputError(f"head chunk of {head_chunk_rows} rows: must be at least 1")
+        self._head_chunk_rows = head_chunk_rows
+        self.log = log or (lambda msg: None)
+        self.index = CheckpointIndex(self.model_dir)
+        self._build_skeleton()
+        self._map_names()
+        self.stats = StreamStats(layers=len(self.layers))
+
+    # -- structure ------------------------------------------------------------------------------
+
+    def _build_skeleton(self) -> None:
+        import torch
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from harness.models import read_config
+
+        cfg = read_config(self.model_dir)
+        archs = cfg.get("architectures") or []
+        if archs and not any(a.endswith(("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")) for a in archs):
+            raise InputError(f"{self.model_dir}: {', '.join(archs)} is not a causal language model")
+        try:
+            config = AutoConfig.from_pretrained(str(self.model_dir))
+            with init_empty_weights(include_buffers=False):
+                model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        except (ValueError, KeyError, OSError) as e:
+            first = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+            raise InputError(f"{self.model_dir}: cannot build the model skeleton ({first})") from None
+        model.eval()
+        self.model = model
+        self.config = model.config
+        self.decoder = model.get_decoder()
+        self.head = model.get_output_embeddings()
+        for attr in ("layers", "embed_tokens", "norm"):
+            if not hasattr(self.decoder, attr):
+                raise InputError(f"{self.model_dir}: {type(self.decoder).__name__} has no '{attr}'; "
+                                 f"the streamed oracle runs decoders with embed_tokens, layers and norm")
+        self.layers = self.decoder.layers
+        self.vocab_size = int(self.head.weight.shape[0])
+        self.hidden_size = int(self.head.weight.shape[1])
+
+    def _map_names(self) -> None:
+        """Skeleton parameter names -> checkpoint tensor names (a multimodal checkpoint keeps its
+        decoder under `model.language_model.`)."""
+        names = {id(m): n for n, m in self.model.named_modules()}
+        self._module_name = names
+        embed = f"{names[id(self.decoder.embed_tokens)]}.weight"
+        self._prefix_swaps = [("", "")]
+        for src, dst in (("model.", "model.language_model."), ("model.", ""), ("", "model.")):
+            self._prefix_swaps.append((src, dst))
+        for src, dst in self._prefix_swaps:
+            if embed.startswith(src) and dst + embed[len(src):] in self.index:
+                self._swap = (src, dst)
+                break
+        else:
+            raise InputError(f"{self.model_dir}: the embedding {embed!r} is in none of the safetensors files "
+                             f"({self.index.index_name})")
+        self.embed_name = self.ckpt_name(embed)
+        head = f"{names[id(self.head)]}.weight"
+        if self.ckpt_name(head) in self.index:
+            self.head_name = self.ckpt_name(head)
+        elif getattr(self.config, "tie_word_embeddings", False) or getattr(
+                getattr(self.config, "text_config", None), "tie_word_embeddings", False):
+            self.head_name = self.embed_name
+        else:
+            raise InputError(f"{self.model_dir}: the lm_head tensor {self.ckpt_name(head)!r} is missing from "
+                             f"{self.index.index_name} (and the config does not tie it to the embedding)")
+        self.head_bias_name = None
+        if getattr(self.head, "bias", None) is not None:
+            self.head_bias_name = self.ckpt_name(f"{names[id(self.head)]}.bias")
+        # Every layer's tensors, checked now: a missing one must stop the run before any compute.
+        self.layer_tensors: list[dict[str, str]] = []
+        for i, layer in enumerate(self.layers):
+            prefix = names[id(layer)]
+            mapping = {}
+            for pname, _ in layer.named_parameters():
+                ck = self.ckpt_name(f"{prefix}.{pname}")
+                if ck not in self.index:
+                    raise InputError(f"{self.model_dir}: layer {i} ({prefix}) lacks tensor {ck!r}: it is in none "
+                                     f"of the safetensors files ({self.index.index_name})")
+                mapping[pname] = ck
+            self.layer_tensors.append(mapping)
+        self.norm_tensors = {}
+        for pname, _ in self.decoder.norm.named_parameters():
+            ck = self.ckpt_name(f"{names[id(self.decoder.norm)]}.{pname}")
+            if ck not in self.index:
+                raise InputError(f"{self.model_dir}: the final norm lacks tensor {ck!r} "
+                                 f"({self.index.index_name})")
+            self.norm_tensors[pname] = ck
+
+    def ckpt_name(self, name: str) -> str:
+        src, dst = getattr(self, "_swap", ("", ""))
+        return dst + name[len(src):] if name.startswith(src) else name
+
+    def layer_bytes(self, i: int) -> int:
+        return sum(self.index.tensors[n].nbytes(4) for n in self.layer_tensors[i].values())
+
+    def metadata(self) -> dict[str, str]:
+        import torch
+        import transformers
+
+        return {"dtype": "float32", "execution": "layer-streamed",
+                "head_chunk_rows": str(self.stats.head_chunk_rows),
+                "torch_version": torch.__version__, "transformers_version": transformers.__version__}
+
+    # -- memory budget --------------------------------------------------------------------------
+
+    def plan(self, sequences: list[Sequence]) -> StreamStats:
+        """Size the run from tensor shapes alone; refuse it if it cannot fit `max_memory`."""
+        st = self.stats
+        sizes = [self.layer_bytes(i) for i in range(len(self.layers))]
+        big = int(np.argmax(sizes)) if sizes else 0
+        st.largest_layer = self._module_name[id(self.layers[big])] if sizes else ""
+        st.largest_layer_bytes = max(sizes, default=0)
+        h = self.hidden_size
+        lengths = [int(s.input_ids.shape[0]) for s in sequences]
+        st.tokens = sum(lengths)
+        st.positions = sum(s.rows for s in sequences)
+        # hidden states of every case (twice during a layer update) + the widest layer's intermediates
+        widest = max((sum(self.index.tensors[n].shape[0] for n in m.values() if len(self.index.tensors[n].shape) == 2)
+                      for m in self.layer_tensors), default=h)
+        st.activation_bytes = 4 * (2 * st.tokens * h + 2 * max(lengths, default=0) * widest)
+        st.logits_bytes = 4 * st.positions * self.vocab_size
+        st.head_bytes = self.vocab_size * h * 4
+        fixed = st.largest_layer_bytes + st.activation_bytes + st.logits_bytes
+        per_row = 4 * (h + max(lengths, default=0))  # weight row + one logits column of the widest case
+        rows = self._head_chunk_rows
+        if rows is None:
+            # Default: a head chunk no larger than a layer, so the head never sets the peak.
+            budget_rows = (self.max_memory - fixed) // per_row if self.max_memory else None
+            rows = max(st.largest_layer_bytes // per_row, HEAD_CHUNK_ALIGN)
+            if budget_rows is not None:
+                rows = min(rows, budget_rows)
+            rows = max(HEAD_CHUNK_ALIGN, rows // HEAD_CHUNK_ALIGN * HEAD_CHUNK_ALIGN)
+        st.head_chunk_rows = min(rows, self.vocab_size)
+        st.head_chunks = -(-self.vocab_size // st.head_chunk_rows)
+        st.need_bytes = fixed + st.head_chunk_rows * per_row
+        if self.max_memory is not None and st.need_bytes > self.max_memory:
+            raise InputError(
+                f"--max-memory {fmt_bytes(self.max_memory)} is below the measured need of "
+                f"{fmt_bytes(st.need_bytes)} for {self.model_dir.name}: largest layer {st.largest_layer} "
+                f"{fmt_bytes(st.largest_layer_bytes)} in float32, activations {fmt_bytes(st.activation_bytes)}, "
+                f"logits {fmt_bytes(st.logits_bytes)}, lm_head chunk of {st.head_chunk_rows} rows "
+                f"{fmt_bytes(st.head_chunk_rows * per_row)}")
+        return st
+
+    def _held(self, nbytes: int, what: str) -> None:
+        """Track the bytes actually held; stop (not an OOM kill) if they pass the budget."""
+        st = self.stats
+        st.peak_held_bytes = max(st.peak_held_bytes, nbytes)
+        if self.max_memory is not None and nbytes > self.max_memory:
+            raise InputError(f"--max-memory {fmt_bytes(self.max_memory)} exceeded while {what}: "
+                             f"measured {fmt_bytes(nbytes)} held (planned {fmt_bytes(st.need_bytes)})")
+
+    # -- the pass -------------------------------------------------------------------------------
+
+    def _capture_layer_inputs(self, embeds) -> list[tuple[tuple, dict]]:
+        """Run the decoder's own forward with recorders in place of its layers and final norm."""
+        import torch
+        from torch import nn
+
+        sink: dict[int, tuple[tuple, dict]] = {}
+
+        class _Recorder(nn.Module):
+            def __init__(self, i: int):
+                super().__init__()
+                self.i = i
+
+            def forward(self, hidden_states, *args, **kwargs):
+                sink[self.i] = (args, kwargs)
+                return hidden_states
+
+        dec = self.decoder
+        layers, norm = dec.layers, dec.norm
+        try:
+            dec.layers = nn.ModuleList([_Recorder(i) for i in range(len(layers))])
+            dec.norm = nn.Identity()
+            with torch.no_grad():
+                dec(inputs_embeds=embeds, use_cache=False)
+        finally:
+            dec.layers, dec.norm = layers, norm
+        if sorted(sink) != list(range(len(layers))):
+            raise RuntimeError(f"{type(dec).__name__}.forward called {len(sink)} of {len(layers)} layers")
+        return [sink[i] for i in range(len(layers))]
+
+    def run(self, sequences: Iterable[Sequence]) -> Iterator[CaseTrace]:
+        import torch
+        import torch.nn.functional as F
+
+        seqs = list(sequences)
+        for s in seqs:
+            ids = np.asarray(s.input_ids)
+            if ids.ndim != 1 or s.rows < 1 or s.rows > ids.shape[0] - 1:
+                raise InputError(f"case {s.case_id!r}: {s.rows} rows do not fit a sequence of {ids.shape[0]} tokens")
+            if ids.min() < 0 or ids.max() >= self.vocab_size:
+                raise InputError(f"case {s.case_id!r}: token id {int(ids.max())} is outside the model's "
+                                 f"vocabulary of {self.vocab_size}")
+        st = self.plan(seqs)
+        self.log(f"stream: {st.layers} layers, largest {st.largest_layer} {fmt_bytes(st.largest_layer_bytes)} "
+                 f"float32; planned need {fmt_bytes(st.need_bytes)}"
+                 + (f" of --max-memory {fmt_bytes(self.max_memory)}" if self.max_memory else ""))
+        f32 = torch.float32
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            hidden, layer_args = [], []
+            for s in seqs:
+                ids = np.asarray(s.input_ids, dtype=np.int64)
+                emb = self.index.gather_rows(self.embed_name, ids, f32)[None]
+                hidden.append(emb)
+                layer_args.append(self._capture_layer_inputs(emb))
+            st.load_seconds += time.perf_counter() - t0
+            hidden_bytes = sum(h.numel() * 4 for h in hidden)
+
+            for i, layer in enumerate(self.layers):
+                t0 = time.perf_counter()
+                ck = self.layer_tensors[i]
+                loaded = self.index.load(ck.values(), f32)
+                weights = {p: loaded.pop(n) for p, n in ck.items()}
+                held = sum(w.numel() * w.element_size() for w in weights.values())
+                self._held(held + hidden_bytes, f"loading layer {i}")
+                layer.load_state_dict(weights, strict=True, assign=True)
+                del weights
+                t1 = time.perf_counter()
+                st.load_seconds += t1 - t0
+                for c in range(len(seqs)):
+                    args, kwargs = layer_args[c][i]
+                    out = layer(hidden[c], *args, **kwargs)
+                    hidden[c] = out[0] if isinstance(out, tuple) else out
+                layer.to("meta")  # drop this layer's weights before the next one is read
+                st.compute_seconds += time.perf_counter() - t1
+                st.per_layer_seconds.append(time.perf_counter() - t0)
+                self.log(f"stream: layer {i + 1}/{len(self.layers)} {time.perf_counter() - t0:.2f}s")
+
+            norm = self.decoder.norm
+            norm.load_state_dict({p: t for p, t in zip(self.norm_tensors, self.index.load(
+                self.norm_tensors.values(), f32).values())}, strict=True, assign=True)
+            normed = [norm(h)[0] for h in hidden]
+            norm.to("meta")
+            del hidden
+
+            logits = [np.empty((s.rows, self.vocab_size), dtype=np.float32) for s in seqs]
+            logits_bytes = sum(a.nbytes for a in logits)
+            rows = st.head_chunk_rows
+            for v0 in range(0, self.vocab_size, rows):
+                v1 = min(v0 + rows, self.vocab_size)
+                t0 = time.perf_counter()
+                w = self.index.load_rows(self.head_name, v0, v1, f32)
+                b = self.index.load_rows(self.head_bias_name, v0, v1, f32) if self.head_bias_name else None
+                self._held(w.numel() * 4 + hidden_bytes + logits_bytes, f"reading lm_head rows {v0}:{v1}")
+                t1 = time.perf_counter()
+                st.load_seconds += t1 - t0
+                for c, s in enumerate(seqs):
+                    n = normed[c].shape[0]
+                    # all N rows, as the in-memory forward does (see the module docstring)
+                    part = F.linear(normed[c], w, b)
+                    logits[c][:, v0:v1] = part[n - s.rows - 1:n - 1].numpy()
+                del w, b
+                st.compute_seconds += time.perf_counter() - t1
+        st.peak_rss_bytes = peak_rss_bytes()
+        for s, lg in zip(seqs, logits):
+            yield CaseTrace(s.case_id, np.asarray(s.input_ids, dtype=np.int64), lg)
+
+    rows = run  # the name the issue's sketch uses
