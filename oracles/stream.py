@@ -134,11 +134,11 @@ class CheckpointIndex:
             raise InputError(f"{index}: not a safetensors index (no 'weight_map' object)") from None
         for name, fname in weight_map.items():
             info = self.tensors.get(name)
-            if info is None:
-                raise InputError(f"{index}: maps tensor {name!r} to {fname}, which "
-                                 f"{'does not hold it' if (self.model_dir / fname).is_file() else 'does not exist'}")
-            if info.file.name != fname:
-                raise InputError(f"{index}: maps tensor {name!r} to {fname}, but it is in {info.file.name}")
+            if not (self.model_dir / str(fname)).is_file():
+                raise InputError(f"{index}: maps tensor {name!r} to {fname}, which does not exist")
+            if info is None or info.file.name != fname:
+                where = f"it is in {info.file.name}" if info else "no weight file holds it"
+                raise InputError(f"{index}: maps tensor {name!r} to {fname}, which does not hold it ({where})")
 
     def __contains__(self, name: str) -> bool:
         return name in self.tensors
