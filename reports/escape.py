@@ -52,8 +52,8 @@ def token(text: object) -> str:
     """One token's text made visible, spaces as ␣ (a literal ␣ as ⟨U+2423⟩)."""
     if text is None:
         return ""
-    s = str(text).replace(SPACE, f"\u27e8U+{ord(SPACE):04X}\u27e9")
-    return visible(s).replace(" ", SPACE)
+    return "".join(SPACE if c == " " else f"\u27e8U+{ord(c):04X}\u27e9" if c == SPACE else _char(c)
+                   for c in str(text))
 
 
 def context(text: object, width: int = 40) -> str:

@@ -28,7 +28,7 @@ _CSS = """
 * { box-sizing: border-box; }
 body { font: 14px/1.45 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; margin: 0;
        color: #101828; background: #fcfcfd; }
-main { max-width: 1400px; margin: 0 auto; padding: 0 24px 48px; }
+main { max-width: 1600px; margin: 0 auto; padding: 0 24px 48px; }
 h1 { font-size: 22px; margin: 20px 0 8px; } h2 { font-size: 18px; margin: 28px 0 8px; }
 h3 { font-size: 15px; margin: 18px 0 6px; }
 .banner { padding: 18px 24px; color: white; font-size: 20px; font-weight: 600; }
@@ -44,13 +44,13 @@ ul.verdicts li { margin: 3px 0; }
 table { border-collapse: collapse; margin: 8px 0 16px; }
 th, td { border: 1px solid var(--line); padding: 3px 7px; vertical-align: top; }
 th { background: #f2f4f7; text-align: left; font-weight: 600; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .scroll { overflow-x: auto; }
 .tok { font-family: ui-monospace, "SF Mono", Menlo, Consolas, monospace; white-space: pre-wrap;
        overflow-wrap: anywhere; background: #f2f4f7; border-radius: 3px; padding: 0 2px; }
-td.tokcell { min-width: 9em; max-width: 16em; }
+td.tokcell { min-width: 7em; max-width: 14em; }
 .ctx { font-family: ui-monospace, "SF Mono", Menlo, Consolas, monospace; white-space: pre-wrap;
-       overflow-wrap: anywhere; color: #475467; min-width: 16em; max-width: 24em; }
+       overflow-wrap: anywhere; color: #475467; min-width: 12em; max-width: 22em; }
 tr.cls-defect td.cls, tr.cls-invalid td.cls { color: var(--fail); font-weight: 600; }
 tr:target { outline: 3px solid #f79009; }
 table.matrix td { min-width: 20px; height: 22px; padding: 0; border: 1px solid white; }
@@ -238,7 +238,7 @@ def _flip_section(report: Report) -> str:
         if extras:
             parts.append('<p class="note">Statistics: ' + h(", ".join(f"{k} = {x}" for k, x in extras)) + "</p>")
         if report.all_positions:
-            parts.append(f"<p>All {len(shown)} scored positions ({matches} matches).</p>")
+            parts.append(f"<p>All {len(shown)} scored positions (matches: {matches}).</p>")
         else:
             parts.append(f"<p>Non-match positions: {len(shown)}. Matches: {matches} of {len(v['positions'])} "
                          f"(not listed; <code>--all-positions</code> lists them).</p>")

@@ -43,7 +43,7 @@ def flip_lines(report: Report) -> list[str]:
             out += ["", "Statistics: " + ", ".join(f"{md_text(k)} = {md_text(x)}" for k, x in extras) + "."]
         out.append("")
         if report.all_positions:
-            out.append(f"All {len(shown)} scored positions ({matches} matches).")
+            out.append(f"All {len(shown)} scored positions (matches: {matches}).")
         else:
             out.append(f"Non-match positions: {len(shown)}. Matches: {matches} of {len(v['positions'])} "
                        f"(not listed; `--all-positions` lists them).")

@@ -253,14 +253,14 @@ class FlipRow:
 
 def flip_headers(v: Mapping) -> tuple[str, ...]:
     """Column titles of the flip table; the margin column names its space (prob or logit)."""
-    return ("case", "row / pos", "context (last 40 chars)", "reference", "oracle top-1", "p", "oracle top-2",
+    return ("case", "row/pos", "context (last 40 chars)", "reference", "oracle top-1", "p", "oracle top-2",
             "p", f"margin ({margin_space(v)})", "candidate top-1", "p", "control top-1", "p", "class", "cosine",
-            "KL", "oracle rank in candidate")
+            "KL", "oracle top-1 rank in candidate")
 
 
 def flip_cells(r: "FlipRow") -> tuple[str, ...]:
     """The cells of one flip row, in flip_headers order (visible text, not yet medium-escaped)."""
-    return (r.case, f"{r.row} / {r.position}", r.context, r.target, r.oracle_top1, r.oracle_top1_prob,
+    return (r.case, f"{r.row}/{r.position}", r.context, r.target, r.oracle_top1, r.oracle_top1_prob,
             r.oracle_top2, r.oracle_top2_prob, r.margin, r.candidate_top1, r.candidate_top1_prob,
             r.control_top1, r.control_top1_prob, r.cls, r.cosine, r.kl, r.oracle_rank)
 

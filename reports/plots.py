@@ -38,12 +38,14 @@ def _label(s: object) -> str:
     return visible(s).replace("$", r"\$")
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, *, left=0.9, right=0.2, bottom=0.8, top=0.45):
+    """A figure with fixed margins in inches (tight_layout would draw the figure twice over)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height)
     return fig
 
 
@@ -96,7 +98,7 @@ def _pin_invalid(ax, xs: list[float], flagged: set) -> None:
 
 def cosine_plot(verdicts: list[Mapping]) -> bytes:
     keys, grid = position_grid(verdicts)
-    fig = _figure(_width(len(keys)) + 1.5, 4.2)
+    fig = _figure(_width(len(keys)) + 1.5, 4.4, right=1.7, bottom=1.0)
     ax = fig.add_subplot(1, 1, 1)
     flagged: set = set()
     invalid: list[float] = []
@@ -119,12 +121,11 @@ def cosine_plot(verdicts: list[Mapping]) -> bytes:
     ax.set_title("Per-position cosine (flips marked; invalid rows on the bottom edge)", fontsize=10)
     ax.grid(True, axis="y", lw=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
     return _png(fig)
 
 
 def margin_cosine_plot(verdicts: list[Mapping]) -> bytes:
-    fig = _figure(8.5, 4.8)
+    fig = _figure(8.5, 4.8, right=1.7, bottom=0.6)
     ax = fig.add_subplot(1, 1, 1)
     flagged: set = set()
     invalid: list[float] = []
@@ -153,7 +154,6 @@ def margin_cosine_plot(verdicts: list[Mapping]) -> bytes:
     ax.set_title("Oracle margin vs cosine (flips marked)")
     ax.grid(True, lw=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
     return _png(fig)
 
 
@@ -165,12 +165,12 @@ def matrix_plot(verdicts: list[Mapping]) -> bytes:
     index = {c: i for i, c in enumerate(CLASSES)}
     missing = len(CLASSES)
     cells = [[index[p["class"]] if p is not None else missing for p in row] for row in grid]
-    fig = _figure(_width(len(keys)), 1.6 + 0.38 * len(verdicts))
+    fig = _figure(_width(len(keys)), 1.7 + 0.38 * len(verdicts), left=1.3, bottom=1.05)
     ax = fig.add_subplot(1, 1, 1)
     cmap = ListedColormap([CLASS_COLOURS[c] for c in CLASSES] + [MISSING_COLOUR])
     ax.imshow(cells, cmap=cmap, vmin=-0.5, vmax=missing + 0.5, aspect="auto", interpolation="nearest")
     ax.set_yticks(range(len(verdicts)))
-    ax.set_yticklabels([_label(v["gate"]) for v in verdicts], fontsize=8)
+    ax.set_yticklabels([_label(v["gate"])[:20] for v in verdicts], fontsize=8)
     ax.set_xticks([x - 0.5 for x in range(len(keys) + 1)], minor=True)
     ax.set_yticks([y - 0.5 for y in range(len(verdicts) + 1)], minor=True)
     ax.grid(which="minor", color="white", lw=0.6)
@@ -184,7 +184,6 @@ def matrix_plot(verdicts: list[Mapping]) -> bytes:
     handles = [Patch(facecolor=(CLASS_COLOURS[CLASSES[c]] if c < missing else MISSING_COLOUR), edgecolor="#666666",
                      label=(CLASSES[c] if c < missing else "not scored")) for c in present]
     fig.legend(handles=handles, fontsize=7, ncol=len(handles), loc="lower center", frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return _png(fig)
 
 

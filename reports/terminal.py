@@ -55,8 +55,8 @@ def print_report(report: Report, file: TextIO | None = None, *, width: int | Non
     for v in report.flip_verdicts:
         shown = flips(v, report.all_positions)
         matches = sum(p["class"] == "match" for p in v["positions"])
-        head = f"{visible(v['gate'])}: " + (f"all {len(shown)} positions" if report.all_positions
-                                             else f"{len(shown)} non-match positions, {matches} matches not listed "
+        head = f"{visible(v['gate'])}: " + (f"all {len(shown)} positions (matches: {matches})" if report.all_positions
+                                             else f"non-match positions: {len(shown)}; matches: {matches}, not listed "
                                                   f"(--all-positions lists them)")
         extras = summary_extras(v)
         if extras:

@@ -155,7 +155,7 @@ EVIL_IMG = "<img src=x onerror=\"document.body.setAttribute('data-pwned','2')\">
 
 def evil_verdict() -> dict:
     """A verdict whose token texts and names try to break out of every medium."""
-    cases = [("evil<b>case</b>|1", "\u202eevil context with \x1b[31mANSI\x1b[0m and a\nnewline " + EVIL_SCRIPT, [
+    cases = [("evil<b>case</b>|1", EVIL_SCRIPT + " \x1b[31mred\x1b[0m a\nb\u202eRTL", [
         (EVIL_SCRIPT, 401, EVIL_IMG, 402, 0.8, 0.1),
         ("a|b`c*d_e[f](g)", 403, "\"quote' & amp", 404, 0.6, 0.2),
         ("\udc80\udcff half", 405, "\u200b\u2067rtl", 406, 0.5, 0.4),
@@ -173,3 +173,28 @@ def seed():
 @pytest.fixture
 def evil():
     return copy.deepcopy(evil_verdict())
+
+
+_FIXED_MADE = {"versions": {"flipgate": "0.1.0", "python": "3.11.2", "torch": "2.13.0", "transformers": "5.24.0",
+                           "coreai-opt": "0.4.0"},
+              "machine": "golden-host Linux 6.1 x86_64", "date": "2026-01-02T03:04:05+00:00"}
+
+
+@pytest.fixture
+def verdict_files(tmp_path, seed):
+    """The seed verdicts saved one per file, as `flipgate gate --json` would: gate -> path."""
+    import json
+
+    out = {}
+    for v in seed:
+        p = tmp_path / "verdicts" / f"{v['gate']}.json"
+        p.parent.mkdir(exist_ok=True)
+        p.write_text(json.dumps(v, indent=2), encoding="utf-8")
+        out[v["gate"]] = p
+    return out
+
+
+@pytest.fixture
+def fixed_made():
+    """A fixed `made` block (versions, machine, date) so that sign-off output is reproducible."""
+    return copy.deepcopy(_FIXED_MADE)
