@@ -121,6 +121,22 @@ class Trace:
     def case(self, case_id: str) -> CaseTrace:
         return CaseTrace(case_id, self.input_ids(case_id), self._read(case_id, "logits"))
 
+    def logits_rows(self, case_id: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of a case's logits, reading only those bytes (bounded memory for long cases)."""
+        e = self._entry(case_id, "logits")
+        rows, width = e.shape
+        start, stop = max(0, start), min(rows, stop)
+        if stop <= start:
+            return np.empty((0, width), dtype=_ST_DTYPES[e.dtype])
+        dt = _ST_DTYPES[e.dtype]
+        row_bytes = width * dt.itemsize
+        with open(self.path, "rb") as f:
+            f.seek(self._data_start + e.start + start * row_bytes)
+            buf = f.read((stop - start) * row_bytes)
+        if len(buf) != (stop - start) * row_bytes:
+            raise TraceError(self.path, "logits: file ended before the tensor's data did", case=case_id)
+        return np.frombuffer(buf, dtype=dt).reshape(stop - start, width)
+
     def __iter__(self) -> Iterator[CaseTrace]:
         for cid in self.case_ids:
             yield self.case(cid)

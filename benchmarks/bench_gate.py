@@ -1,0 +1,175 @@
+"""Gate engine throughput at the real head width, against a plain numpy pass over the same bytes.
+
+    python benchmarks/bench_gate.py                      # vocab 248320, 1024 positions, fp16 traces
+    python benchmarks/bench_gate.py --positions 256      # quicker
+
+An oracle, a control and three candidates, stored as float16, are written once to --workdir (about
+0.5 GB each at the default size; reused by later runs). Then, alternately, each in a fresh process:
+
+  baseline  read every case's logits of the five traces with the trace reader and sum them with numpy
+            (`logits.sum()`: one plain pass over the same bytes, nothing else);
+  engine    `gates.engine.evaluate_many`: the three gates (candidate + control + oracle) in one
+            streamed pass, float64 throughout, verdicts built.
+
+Reported: each side's wall time (median of --repeats), the engine's throughput in GB/s of logits
+read, the ratio baseline time / engine time (goal >= 0.3, stretch 0.5), and the engine's peak
+resident memory (goal <= 512 MB whatever the number of positions). The page cache is warmed first,
+so both sides read from memory, not disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROLES = ("oracle", "control", "cand-a", "cand-b", "cand-c")
+
+
+def _paths(workdir: Path, positions: int, rows: int, vocab: int) -> dict[str, Path]:
+    tag = f"v{vocab}-p{positions}-r{rows}"
+    return {role: workdir / f"{role}-{tag}.safetensors" for role in ROLES}
+
+
+def make_traces(workdir: Path, positions: int, rows: int, vocab: int, seed: int = 0) -> dict[str, Path]:
+    from harness.trace import CaseTrace, base_metadata, write_trace
+
+    paths = _paths(workdir, positions, rows, vocab)
+    if all(p.exists() for p in paths.values()):
+        return paths
+    workdir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    cases = positions // rows
+    # realistic-looking logits: a broad body, a confident top-1 most of the time
+    noise_pool = rng.standard_normal((rows + 64, vocab), dtype=np.float32)
+    oracle = []
+    for c in range(cases):
+        x = rng.standard_normal((rows, vocab), dtype=np.float32) * 2.5
+        top = rng.integers(0, vocab, size=rows)
+        x[np.arange(rows), top] += rng.uniform(6, 16, size=rows).astype(np.float32)
+        ids = np.concatenate([rng.integers(0, vocab, size=32), top]).astype(np.int64)
+        oracle.append(CaseTrace(f"case{c:04d}", ids, x.astype(np.float16)))
+    scales = {"oracle": 0.0, "control": 0.01, "cand-a": 0.02, "cand-b": 0.05, "cand-c": 0.2}
+    for role, path in paths.items():
+        out = []
+        for i, case in enumerate(oracle):
+            off = (i * 7) % 64
+            x = case.logits.astype(np.float32) + scales[role] * noise_pool[off:off + rows]
+            out.append(CaseTrace(case.case_id, case.input_ids, x.astype(np.float16)))
+        meta = base_metadata(runner="bench", variant=role, vocab_size=vocab, tokenizer_sha256="be" * 32)
+        write_trace(path, meta, out)
+        print(f"  wrote {path} ({path.stat().st_size / 1e9:.2f} GB)", flush=True)
+    return paths
+
+
+def _logit_bytes(paths: dict[str, Path]) -> int:
+    from harness.trace import open_trace
+
+    total = 0
+    for p in paths.values():
+        t = open_trace(p)
+        total += sum(t.rows(c) for c in t.case_ids) * t.vocab_size * 2
+    return total
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the
+    parent across fork+exec, so a child would report the trace generator's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def worker(mode: str, paths: dict[str, Path], workers: int | None = None) -> dict:
+    from harness.trace import open_trace
+
+    t0 = time.perf_counter()
+    if mode == "baseline":
+        acc = 0.0
+        for p in paths.values():
+            t = open_trace(p)
+            for cid in t.case_ids:
+                acc += float(t.case(cid).logits.sum())
+        extra = {"checksum": acc}
+    else:
+        from gates.engine import GateJob, evaluate_many
+        from gates.policy import GatePolicy
+
+        oracle = open_trace(paths["oracle"])
+        control = open_trace(paths["control"])
+        jobs = [GateJob(GatePolicy(name=r, candidate=r, control="control", min_cosine=0.9), open_trace(paths[r]),
+                        control) for r in ("cand-a", "cand-b", "cand-c")]
+        verdicts = evaluate_many(oracle, jobs, workers=workers)
+        for v in verdicts:
+            v.to_json()
+        extra = {"verdicts": [v.one_line() for v in verdicts]}
+    wall = time.perf_counter() - t0
+    peak = _peak_rss()
+    return {"mode": mode, "wall_s": wall, "peak_bytes": peak, **extra}
+
+
+def _spawn(mode: str, paths: dict[str, Path], workers: int | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", mode, "--paths", json.dumps({k: str(v) for k, v in paths.items()})]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--positions", type=int, default=1024)
+    ap.add_argument("--rows", type=int, default=16, help="scored rows per case")
+    ap.add_argument("--vocab", type=int, default=248320)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workdir", default=os.environ.get("TMPDIR", "/tmp") + "/flipgate-bench-gate")
+    ap.add_argument("--workers", type=int, help="engine threads (default: the engine's own choice)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--paths", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        paths = {k: Path(v) for k, v in json.loads(args.paths).items()}
+        print(json.dumps(worker(args.worker, paths, args.workers)))
+        return 0
+
+    print(f"traces: vocab {args.vocab}, {args.positions} positions ({args.rows} rows a case), float16, "
+          f"oracle + control + 3 candidates in {args.workdir}", flush=True)
+    paths = make_traces(Path(args.workdir), args.positions, args.rows, args.vocab)
+    nbytes = _logit_bytes(paths)
+    _spawn("baseline", paths)  # warm the page cache
+    runs = {"baseline": [], "engine": []}
+    for _ in range(args.repeats):
+        for mode in ("baseline", "engine"):
+            runs[mode].append(_spawn(mode, paths, args.workers))
+    base = statistics.median(r["wall_s"] for r in runs["baseline"])
+    eng = statistics.median(r["wall_s"] for r in runs["engine"])
+    peak = max(r["peak_bytes"] for r in runs["engine"])
+    peak_base = max(r["peak_bytes"] for r in runs["baseline"])
+    print(f"logits read per pass: {nbytes / 1e9:.3f} GB")
+    print(f"{'':24s}{'wall (median)':>14s}{'GB/s':>8s}{'peak RSS':>11s}")
+    print(f"{'baseline (read + sum)':24s}{base:13.2f}s{nbytes / base / 1e9:8.2f}{peak_base / 2**20:9.0f} MB")
+    print(f"{'engine (3 gates)':24s}{eng:13.2f}s{nbytes / eng / 1e9:8.2f}{peak / 2**20:9.0f} MB")
+    print(f"ratio baseline/engine: {base / eng:.2f}  (goal >= 0.3, stretch 0.5)")
+    print(f"engine peak memory: {peak / 2**20:.0f} MB  (goal <= 512 MB)")
+    print("runs (s): baseline " + ", ".join(f"{r['wall_s']:.2f}" for r in runs["baseline"])
+          + "; engine " + ", ".join(f"{r['wall_s']:.2f}" for r in runs["engine"]))
+    for line in runs["engine"][-1]["verdicts"]:
+        print("  " + line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

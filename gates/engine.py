@@ -1,0 +1,385 @@
+"""The gate engine: oracle, candidate and (optional) control traces in, a `Verdict` out.
+
+Pure numpy. The traces are first checked to hold the same sequences (nothing is compared until
+they agree), then streamed case by case, a few rows at a time, so memory stays bounded whatever
+the number of positions: each block of rows is read once from each trace and widened to float64.
+
+Classes per scored position (DESIGN.md, "Gate rule"), in this order of precedence:
+  invalid          the candidate row, or the control row, holds a NaN or an Inf;
+  match            the candidate's argmax is the oracle's top-1;
+  tie-flip         differs, and the oracle's margin < min_margin (not confident);
+  oracle-artifact  differs, confident, and the control's argmax equals the candidate's;
+  defect           differs, confident, and the control does not explain it.
+Argmax ties go to the lowest token id, in every trace (numpy's argmax rule).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from harness.errors import InputError
+from harness.trace import Trace, open_trace
+
+from . import metrics, sweep
+from .policy import GatePolicy
+from .verdict import Verdict
+
+CONTEXT_TOKENS = 48  # context_text holds at most this many tokens before the target
+MAX_WORKERS = 4
+READ_BYTES = 8 << 20  # per trace and read: big enough to amortise the read, small enough to bound memory
+
+Decode = Callable[[list[int]], str]
+
+
+def _open(t: Trace | str | os.PathLike | None) -> Trace | None:
+    if t is None or isinstance(t, Trace):
+        return t
+    return open_trace(t)
+
+
+def check_agreement(oracle: Trace, other: Trace, role: str) -> None:
+    """Raise InputError unless `other` holds exactly the oracle's sequences, vocabulary and tokenizer."""
+    where = f"{role} trace {other.path}"
+    if other.vocab_size != oracle.vocab_size:
+        raise InputError(f"{where}: vocab_size {other.vocab_size} differs from the oracle's {oracle.vocab_size} "
+                         f"({oracle.path})")
+    if oracle.tokenizer_sha256 and other.tokenizer_sha256 and oracle.tokenizer_sha256 != other.tokenizer_sha256:
+        raise InputError(f"{where}: tokenizer_sha256 {other.tokenizer_sha256[:12]}… differs from the oracle's "
+                         f"{oracle.tokenizer_sha256[:12]}…: the token ids mean different things")
+    theirs = set(other.case_ids)
+    for cid in oracle.case_ids:
+        if cid not in theirs:
+            raise InputError(f"{where}: case {cid!r} of the oracle is missing")
+    ours = set(oracle.case_ids)
+    for cid in other.case_ids:
+        if cid not in ours:
+            raise InputError(f"{where}: case {cid!r} is not in the oracle ({oracle.path})")
+    for cid in oracle.case_ids:
+        a, b = oracle.input_ids(cid), other.input_ids(cid)
+        n = min(len(a), len(b))
+        diff = np.flatnonzero(a[:n] != b[:n])
+        if diff.size:
+            i = int(diff[0])
+            raise InputError(f"{where}: case {cid!r}: input_ids differ from the oracle's at token {i} "
+                             f"(oracle {int(a[i])}, {role} {int(b[i])})")
+        if len(a) != len(b):
+            raise InputError(f"{where}: case {cid!r}: {len(b)} input_ids, the oracle has {len(a)} "
+                             f"(they differ from token {n} on)")
+        if other.rows(cid) != oracle.rows(cid):
+            raise InputError(f"{where}: case {cid!r}: {other.rows(cid)} logits rows, the oracle has "
+                             f"{oracle.rows(cid)}")
+
+
+def _trace_info(t: Trace) -> dict:
+    meta = t.metadata
+    dtypes = sorted({t.logits_dtype(c) for c in t.case_ids})
+    return {"path": str(t.path), "runner": t.runner, "variant": t.variant, "model": meta.get("model", ""),
+            "tokenizer_sha256": meta.get("tokenizer_sha256", ""), "harness_version": meta.get("harness_version", ""),
+            "created_at": meta.get("created_at", ""), "logits_dtype": ",".join(dtypes), "cases": len(t.case_ids)}
+
+
+class _Texts:
+    """Memoised decoding of token ids for the text fields."""
+
+    def __init__(self, decode: Decode):
+        self.decode = decode
+        self.tokens: dict[int, str] = {}
+
+    def token(self, t: int | None) -> str | None:
+        if t is None:
+            return None
+        if t not in self.tokens:
+            self.tokens[t] = self.decode([t])
+        return self.tokens[t]
+
+    def context(self, ids: np.ndarray, position: int) -> str:
+        return self.decode([int(x) for x in ids[max(0, position - CONTEXT_TOKENS):position]])
+
+
+def _classify(finite: bool, cand: int, top1: int, confident: bool, control: int | None) -> str:
+    if not finite:
+        return "invalid"
+    if cand == top1:
+        return "match"
+    if not confident:
+        return "tie-flip"
+    if control is not None and control == cand:
+        return "oracle-artifact"
+    return "defect"
+
+
+def _nan_to_none_int(v: int) -> int | None:
+    return None if v < 0 else int(v)
+
+
+@dataclass
+class GateJob:
+    """One gate to judge in a shared pass over the oracle (`evaluate_many`)."""
+
+    policy: GatePolicy
+    candidate: Trace | str | os.PathLike
+    control: Trace | str | os.PathLike | None = None
+
+
+@dataclass
+class _Prepared:
+    policy: GatePolicy
+    candidate: str           # key of the candidate trace
+    control: str | None      # key of the control trace
+    notes: list[str]
+    positions: list[dict] = field(default_factory=list)
+    cosine: list[np.ndarray] = field(default_factory=list)
+    kl: list[np.ndarray] = field(default_factory=list)
+
+
+def _effective(policy: GatePolicy, cand_t: Trace, ctrl_t: Trace | None) -> tuple[GatePolicy, list[str]]:
+    notes: list[str] = []
+    if ctrl_t is None and policy.control:
+        notes.append(f"gate names control {policy.control!r} but no control trace was given: "
+                     "judged without one (every confident flip counts as a defect)")
+        policy = replace(policy, control=None)
+    elif ctrl_t is not None and not policy.control:
+        notes.append(f"control {ctrl_t.path} used although gate {policy.name!r} names none")
+        policy = replace(policy, control=f"trace:{ctrl_t.path}")
+    if policy.margin_space not in ("prob", "logit"):
+        raise InputError(f"gate {policy.name!r}: margin_space {policy.margin_space!r} is not prob or logit")
+    spec = policy.candidate
+    if ":" not in spec and cand_t.variant and cand_t.variant != spec:
+        notes.append(f"candidate trace variant {cand_t.variant!r} is not the gate's candidate {spec!r}")
+    return policy, notes
+
+
+def evaluate(oracle: Trace | str | os.PathLike, candidate: Trace | str | os.PathLike,
+             control: Trace | str | os.PathLike | None = None, *, policy: GatePolicy,
+             decode: Decode | None = None, provenance: dict | None = None,
+             oracle_fp32: Trace | str | os.PathLike | None = None) -> Verdict:
+    """Judge `candidate` against `oracle` under `policy`, with `control` separating oracle artifacts.
+
+    The verdict records the effective policy: where a policy names a control but none is given,
+    the gate runs without one (stricter: every confident flip is then a defect) and says so in
+    `summary["notes"]`; a control given to a policy that names none is used and recorded as
+    `trace:PATH`. `oracle_fp32` is reserved for the fp32-oracle confirmation (not yet built).
+    """
+    return evaluate_many(oracle, [GateJob(policy, candidate, control)], decode=decode, provenance=provenance,
+                         oracle_fp32=oracle_fp32)[0]
+
+
+def evaluate_many(oracle: Trace | str | os.PathLike, jobs: list[GateJob], *, decode: Decode | None = None,
+                  provenance: dict | None = None, workers: int | None = None,
+                  oracle_fp32: Trace | str | os.PathLike | None = None) -> list[Verdict]:
+    """Judge several gates in one pass: the oracle and every distinct trace are read once per case,
+    and each trace's comparison with the oracle is computed once however many gates use it.
+
+    `workers` threads take rows side by side (numpy releases the GIL in its loops); default: the
+    CPU count up to MAX_WORKERS for head-sized vocabularies, else 1. The figures do not depend on it."""
+    if oracle_fp32 is not None:
+        raise NotImplementedError("the fp32-oracle confirmation (oracle_fp32) is not built yet")
+    oracle_t = _open(oracle)
+    if oracle_t.vocab_size < 2:
+        raise InputError(f"{oracle_t.path}: vocab_size {oracle_t.vocab_size}: a margin needs at least 2 tokens")
+    traces: dict[str, Trace] = {}
+
+    def intern(t, role: str) -> str | None:
+        if t is None:
+            return None
+        t = _open(t)
+        key = str(Path(t.path).resolve())
+        if key not in traces:
+            check_agreement(oracle_t, t, role)
+            traces[key] = t
+        return key
+
+    prepared = []
+    for job in jobs:
+        cand_key = intern(job.candidate, "candidate")
+        ctrl_key = intern(job.control, "control")
+        policy, notes = _effective(job.policy, traces[cand_key], traces[ctrl_key] if ctrl_key else None)
+        prepared.append(_Prepared(policy, cand_key, ctrl_key, notes))
+    cand_keys = list(dict.fromkeys(p.candidate for p in prepared))
+    ctrl_only = [k for k in dict.fromkeys(p.control for p in prepared if p.control) if k not in cand_keys]
+
+    texts = _Texts(decode) if decode is not None else None
+    vocab = oracle_t.vocab_size
+    fused = vocab >= sweep.MIN_VOCAB
+    # rows per unit of work: one row on the fused path, about 1 MiB of float64 on the reference path
+    unit = 1 if fused else metrics.chunk_rows(vocab)
+    read_rows = max(unit, (READ_BYTES // (vocab * 4)) // unit * unit)
+    keys = cand_keys + ctrl_only
+    if workers is None:
+        workers = min(os.cpu_count() or 1, MAX_WORKERS) if fused else 1
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+    cand_set = set(cand_keys)
+
+    def unit_stats(o_rows: np.ndarray, blocks: dict[str, np.ndarray], where: tuple[str, int]):
+        got = None
+        if fused:
+            try:
+                got = sweep.sweep(o_rows, [blocks[k] for k in cand_keys], [blocks[k] for k in ctrl_only])
+            except ValueError as e:
+                _oracle_not_finite(oracle_t, where[0], where[1] + int(e.args[0]))
+        if got is not None:
+            orc, cands, ctrls = got
+            stats = dict(zip(cand_keys, cands)) | dict(zip(ctrl_only, ctrls))
+            return orc, stats
+        o = metrics.to_float64(o_rows)
+        sumsq = metrics.row_sumsq(o)
+        bad = np.flatnonzero(~np.isfinite(sumsq))
+        if bad.size:
+            _oracle_not_finite(oracle_t, where[0], where[1] + int(bad[0]))
+        orc = metrics.oracle_rows(o, sumsq)
+        stats = {}
+        for k in keys:
+            x = metrics.to_float64(blocks[k])
+            stats[k] = metrics.candidate_rows(x, o, orc) if k in cand_set else metrics.control_rows(x)
+        return orc, stats
+
+    try:
+        for cid in oracle_t.case_ids:
+            ids = oracle_t.input_ids(cid)
+            rows = oracle_t.rows(cid)
+            prompt = len(ids) - rows
+            for r0 in range(0, rows, read_rows):
+                r1 = min(rows, r0 + read_rows)
+                o_block = oracle_t.logits_rows(cid, r0, r1)
+                blocks = {k: traces[k].logits_rows(cid, r0, r1) for k in keys}
+                starts = list(range(0, r1 - r0, unit))
+                args = [(o_block[a:a + unit], {k: v[a:a + unit] for k, v in blocks.items()}, (cid, r0 + a))
+                        for a in starts]
+                results = pool.map(lambda x: unit_stats(*x), args) if pool is not None and len(args) > 1 \
+                    else (unit_stats(*x) for x in args)
+                for a, (orc, stats) in zip(starts, results):
+                    cand = {k: stats[k] for k in cand_keys}
+                    ctrl = {k: metrics.ControlRows(c.finite, c.top1, c.top1_prob) for k, c in cand.items()}
+                    ctrl.update({k: stats[k] for k in ctrl_only})
+                    for job in prepared:
+                        _records(job, cid, ids, prompt, r0 + a, orc, cand[job.candidate],
+                                 ctrl[job.control] if job.control else None, texts)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+    verdicts = []
+    for job in prepared:
+        summary = summarise(job.positions, np.concatenate(job.cosine) if job.cosine else np.empty(0),
+                            np.concatenate(job.kl) if job.kl else np.empty(0), job.policy, job.notes)
+        summary["cases"] = len(oracle_t.case_ids)
+        prov = {"oracle": _trace_info(oracle_t), "candidate": _trace_info(traces[job.candidate]),
+                "control": _trace_info(traces[job.control]) if job.control else None,
+                "engine": {"flipgate": _version(), "numpy": np.__version__}}
+        prov.update(provenance or {})
+        verdicts.append(Verdict(gate=job.policy.name, passed=not summary["reasons"], policy=job.policy.to_dict(),
+                                summary=summary, positions=job.positions, provenance=prov))
+    return verdicts
+
+
+def _records(job: _Prepared, cid: str, ids: np.ndarray, prompt: int, first_row: int, orc: metrics.OracleRows,
+             cr: metrics.CandidateRows, kr: metrics.ControlRows | None, texts: _Texts | None) -> None:
+    policy = job.policy
+    margins = orc.margin_logit if policy.margin_space == "logit" else orc.margin_prob
+    job.cosine.append(cr.cosine)
+    job.kl.append(cr.kl)
+    for i in range(len(margins)):
+        row = first_row + i
+        pos = prompt + row
+        top1, top2 = int(orc.top_idx[i, 0]), int(orc.top_idx[i, 1])
+        margin = float(margins[i])
+        confident = margin >= policy.min_margin
+        cand_ok = bool(cr.finite[i])
+        ctrl_ok = kr is None or bool(kr.finite[i])
+        cand_top1 = _nan_to_none_int(cr.top1[i])
+        ctrl_top1 = None if kr is None else _nan_to_none_int(kr.top1[i])
+        cls = _classify(cand_ok and ctrl_ok, cand_top1, top1, confident, ctrl_top1)
+        nonfinite = "+".join(r for r, ok in (("candidate", cand_ok), ("control", ctrl_ok)) if not ok)
+        rec = {
+            "case": cid, "row": row, "position": pos, "target_token": int(ids[pos]),
+            "oracle_top1": top1, "oracle_top2": top2, "margin": margin,
+            "candidate_top1": cand_top1, "control_top1": ctrl_top1, "class": cls,
+            "cosine": float(cr.cosine[i]), "kl": float(cr.kl[i]),
+            "oracle_rank_in_candidate": int(cr.oracle_rank[i]) if cand_ok else None,
+            "top5_overlap": int(cr.top5_overlap[i]) if cand_ok else None,
+            "confident": bool(confident),
+            "margin_prob": float(orc.margin_prob[i]), "margin_logit": float(orc.margin_logit[i]),
+            "oracle_top1_prob": float(orc.top1_prob[i]), "oracle_top2_prob": float(orc.top2_prob[i]),
+            "candidate_top1_prob": float(cr.top1_prob[i]),
+            "control_top1_prob": None if kr is None else float(kr.top1_prob[i]),
+            "nonfinite": nonfinite or None,
+        }
+        if texts is not None:
+            rec["context_text"] = texts.context(ids, pos)
+            rec["target_text"] = texts.token(int(ids[pos]))
+            rec["oracle_top1_text"] = texts.token(top1)
+            rec["candidate_top1_text"] = texts.token(cand_top1)
+            rec["control_top1_text"] = texts.token(ctrl_top1)
+        job.positions.append(rec)
+
+
+def _oracle_not_finite(oracle: Trace, cid: str, row: int):
+    raise InputError(f"{oracle.path}: case {cid!r} row {row}: oracle logits hold NaN or Inf (an oracle must be finite)")
+
+
+def _version() -> str:
+    from harness import __version__
+
+    return __version__
+
+
+def summarise(positions: list[dict], cosine: np.ndarray, kl: np.ndarray, policy: GatePolicy,
+              notes: list[str] | None = None) -> dict:
+    """Counts per class, both scores, the metric extremes, the flip rate, and why the gate fails."""
+    counts = {c: 0 for c in ("match", "tie-flip", "oracle-artifact", "defect", "invalid")}
+    confident = confident_judged = 0
+    for p in positions:
+        counts[p["class"]] += 1
+        if p["confident"]:
+            confident += 1
+            if p["class"] in ("match", "oracle-artifact", "defect"):
+                confident_judged += 1
+    n = len(positions)
+    flips = counts["oracle-artifact"] + counts["defect"]
+    # np.min/np.mean propagate NaN: one unusable row makes the extreme NaN, which fails its bound
+    min_cos = float(np.min(cosine)) if cosine.size else math.nan
+    mean_cos = float(np.mean(cosine)) if cosine.size else math.nan
+    mean_kl = float(np.mean(kl)) if kl.size else math.nan
+    max_kl = float(np.max(kl)) if kl.size else math.nan
+    lo, hi = metrics.wilson_interval(flips, confident_judged)
+
+    reasons = []
+    if n == 0:
+        reasons.append("no scored positions")
+    if counts["invalid"]:
+        reasons.append(f"{counts['invalid']} invalid position(s): NaN or Inf in the candidate or control")
+    if counts["defect"] > policy.max_defects:
+        reasons.append(f"{counts['defect']} defect(s), max_defects {policy.max_defects}")
+    if not (min_cos >= policy.min_cosine):  # written so that NaN fails
+        reasons.append(f"min cosine {min_cos:.6g} below min_cosine {policy.min_cosine}")
+    if policy.max_kl is not None and not (max_kl <= policy.max_kl):
+        reasons.append(f"max KL {max_kl:.6g} above max_kl {policy.max_kl}")
+    return {
+        "positions": n,
+        "exact": counts["match"],
+        "rule": counts["match"] + counts["tie-flip"],
+        "confident": confident,
+        "tie_flips": counts["tie-flip"],
+        "oracle_artifacts": counts["oracle-artifact"],
+        "defects": counts["defect"],
+        "invalid": counts["invalid"],
+        "min_cosine": min_cos,
+        "mean_cosine": mean_cos,
+        "mean_kl": mean_kl,
+        "max_kl": max_kl,
+        "margin_space": policy.margin_space,
+        "min_margin": policy.min_margin,
+        "confident_flips": flips,
+        "confident_judged": confident_judged,
+        "confident_flip_rate": flips / confident_judged if confident_judged else None,
+        "confident_flip_rate_ci95": [lo, hi],
+        "reasons": reasons,
+        "notes": list(notes or []),
+    }
