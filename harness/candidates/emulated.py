@@ -1,0 +1,290 @@
+"""Emulated Core AI candidates: Apple's quantizer applied to the fp16 model, decoded S=1.
+
+The numbers a Core AI bundle produces come from `coreai-opt` applied to the fp16 model and a
+decode engine that consumes one token per step. This runner makes those numbers on any machine:
+
+  - `mode="coreai-opt"` (the reference): the recipe's plan handed to
+    `coreai_opt.quantization.Quantizer` in eager mode; its fake quantizers recompute every weight
+    on every forward.
+  - `mode="fast"` (the default): each weight quantized once with `harness.quants` (codes + fp16
+    scales), the dequantized fp16 weight stored in the model, plain fp16 forwards. Bit-identical
+    logits to the reference (tests/harness/test_emulated.py), several times faster per step
+    (benchmarks/bench_emulated.py).
+
+Decoding (`EmulatedCandidate.run`) feeds each case's reference tokens one at a time through the
+Hugging Face model's own cache (GatedDeltaNet conv and recurrent states, attention KV cache) in
+fp16, as the device does, and keeps rows only for the scored positions; `full=True` computes the
+rows in one causal pass instead (faster, less faithful: the chunked GatedDeltaNet path and
+batched attention round differently from the S=1 recurrent path).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from ..errors import InputError
+from ..models import model_provenance, read_config, resolve_model_dir, tokenizer_sha256
+from ..quants import QuantizedWeight
+from ..recipe import QuantSpec, Recipe, get_recipe
+from ..trace import CaseTrace
+from .base import Sequence
+
+MODES = ("fast", "coreai-opt")
+RUNNER = "emulated"
+COMPUTE_DTYPE = "float16"
+
+
+def coreai_opt_version() -> str:
+    try:
+        return version("coreai-opt")
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise InputError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
+
+
+def _as_recipe(recipe: Recipe | str, recipes_path: str | os.PathLike | None = None) -> Recipe:
+    return recipe if isinstance(recipe, Recipe) else get_recipe(recipe, recipes_path)
+
+
+def _restrict(plan: dict[str, QuantSpec | None], only: Iterable[str] | None) -> dict[str, QuantSpec]:
+    """The plan's quantized entries, limited to `only` (module names) when given."""
+    active = {n: s for n, s in plan.items() if s is not None}
+    if only is None:
+        return active
+    only = set(only)
+    unknown = sorted(only - set(plan))
+    if unknown:
+        raise InputError(f"only={unknown[0]!r}: not a Linear module of this model "
+                         f"(e.g. {', '.join(list(plan)[:4])})")
+    return {n: s for n, s in active.items() if n in only}
+
+
+# -- the fast path ---------------------------------------------------------------------------------
+
+def apply_plan(model, plan: dict[str, QuantSpec | None], *, only: Iterable[str] | None = None
+               ) -> dict[str, QuantizedWeight]:
+    """Quantize the planned Linear weights of an fp16 `model` in place: each weight is replaced by
+    its dequantized fp16 value (a new Parameter, so a weight tied to another module is untied
+    rather than changed under it). Returns the codes and scales per module name.
+
+    `only` restricts the plan to a subset of module names (flip localisation restores groups by
+    quantizing all but them).
+    """
+    import torch
+
+    out: dict[str, QuantizedWeight] = {}
+    for name, spec in _restrict(plan, only).items():
+        module = model.get_submodule(name)
+        w = module.weight.detach()
+        if w.dtype != torch.float16:
+            raise InputError(f"{name}: weight is {w.dtype}; the emulated candidates quantize the fp16 model")
+        q = spec.scheme()
+        qw = q.quantize(w.cpu().numpy())
+        deq = torch.from_numpy(q.dequantize(qw)).to(w.device)
+        module.weight = torch.nn.Parameter(deq, requires_grad=False)
+        out[name] = qw
+    return out
+
+
+# -- the reference path: coreai-opt itself -----------------------------------------------------------
+
+def coreai_opt_config(plan: dict[str, QuantSpec | None], *, only: Iterable[str] | None = None):
+    """The plan as a coreai-opt `QuantizerConfig` (eager, weight-only, one exact-name entry per
+    planned module, everything else unquantized)."""
+    import re
+
+    from coreai_opt.quantization import ModuleQuantizerConfig, QuantizerConfig
+
+    per_spec: dict[QuantSpec, object] = {}
+    names: dict[str, object] = {}
+    for name, spec in _restrict(plan, only).items():
+        if spec not in per_spec:
+            per_spec[spec] = ModuleQuantizerConfig(op_input_spec=None, op_output_spec=None,
+                                                   op_state_spec={"weight": spec.coreai_opt_spec()})
+        names[re.escape(name)] = per_spec[spec]
+    return QuantizerConfig(global_config=None, module_name_configs=names, execution_mode="eager")
+
+
+def prepare_coreai_opt(model, plan: dict[str, QuantSpec | None], *, only: Iterable[str] | None = None):
+    """Apply the plan with coreai-opt's `Quantizer` in eager mode -> (quantizer, prepared model).
+
+    The prepared model fake-quantizes on every forward; `quantizer.finalize(...)` turns it into
+    the backend's representation (Core AI custom ops by default) for conversion with coreai-torch.
+    """
+    import torch
+    from coreai_opt.quantization import Quantizer
+    from torch.nn.utils import parametrize
+
+    active = _restrict(plan, only)
+    quantizer = Quantizer(model, coreai_opt_config(plan, only=only))
+    # Eager mode inserts its fake quantizers while tracing one forward; two tokens reach every Linear.
+    example = torch.zeros((1, 2), dtype=torch.long, device=model.get_input_embeddings().weight.device)
+    with torch.no_grad():
+        prepared = quantizer.prepare((example,))
+    missed = [n for n in active if not parametrize.is_parametrized(prepared.get_submodule(n), "weight")]
+    if missed:
+        raise InputError(f"coreai-opt left {len(missed)} planned module(s) unquantized, e.g. {missed[0]} "
+                         f"(see its warnings above)")
+    return quantizer, prepared
+
+
+# -- loading ------------------------------------------------------------------------------------------
+
+def load_fp16(model_dir: str | os.PathLike | None):
+    """The checkpoint loaded with transformers in fp16 (the precision the bundle computes in)."""
+    from ..models import load_causal_lm
+
+    model = load_causal_lm(resolve_model_dir(model_dir), "float16")
+    model.requires_grad_(False)
+    return model
+
+
+def quantized_model(model_dir: str | os.PathLike | None, recipe: Recipe | str, *, mode: str = "fast",
+                    only: Iterable[str] | None = None, recipes_path: str | os.PathLike | None = None):
+    """The fp16 model with the recipe applied (`mode="fast"`: materialized weights;
+    `mode="coreai-opt"`: coreai-opt's eager fake quantization). `only` limits the recipe to those
+    module names; `recipe` is a Recipe or a recipe name (bundled, or in `recipes_path`)."""
+    _check_mode(mode)
+    recipe = _as_recipe(recipe, recipes_path)
+    model = load_fp16(model_dir)
+    plan = recipe.plan(model)
+    if mode == "fast":
+        apply_plan(model, plan, only=only)
+        return model
+    if not _restrict(plan, only):
+        return model  # nothing to quantize (the fp16 control): coreai-opt has nothing to do
+    return prepare_coreai_opt(model, plan, only=only)[1]
+
+
+# -- the candidate ---------------------------------------------------------------------------------------
+
+def _cache_keyword(model) -> str:
+    # transformers 5.x renames past_key_values to cache; accept either spelling
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+@dataclass
+class EmulatedCandidate:
+    """A recipe applied to a Hugging Face checkpoint, decoded in fp16 as the device decodes."""
+
+    recipe: Recipe
+    model_dir: Path
+    mode: str = "fast"
+    full: bool = False
+    runner: str = RUNNER
+    variant: str = ""
+    quantize_seconds: float | None = None
+    _model: object = field(default=None, repr=False)
+    _vocab: int | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        _check_mode(self.mode)
+        self.model_dir = resolve_model_dir(self.model_dir)
+        self.variant = self.recipe.name
+        cfg = read_config(self.model_dir)
+        text_cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+        vocab = text_cfg.get("vocab_size")
+        if not isinstance(vocab, int) or vocab <= 0:
+            raise InputError(f"{self.model_dir}/config.json: no positive 'vocab_size'")
+        self._vocab = vocab
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._vocab)
+
+    @property
+    def model(self):
+        if self._model is None:
+            import time
+
+            t0 = time.perf_counter()
+            self._model = quantized_model(self.model_dir, self.recipe, mode=self.mode)
+            self.quantize_seconds = time.perf_counter() - t0
+            self._cache_kw = _cache_keyword(self._model)
+            self._decoder_cache_kw = _cache_keyword(self._model.get_decoder())
+        return self._model
+
+    def metadata(self) -> dict[str, str]:
+        import torch
+        import transformers
+
+        return {
+            "model": model_provenance(self.model_dir),
+            "tokenizer_sha256": tokenizer_sha256(self.model_dir),
+            "recipe": self.recipe.text,
+            "recipe_source": self.recipe.source,
+            "quantizer": "coreai-opt",
+            "coreai_opt_version": coreai_opt_version(),
+            "mode": self.mode,
+            "decode": "full" if self.full else "stepwise",
+            "dtype": COMPUTE_DTYPE,
+            "torch_version": torch.__version__,
+            "transformers_version": transformers.__version__,
+        }
+
+    def run(self, sequences: Iterable[Sequence]) -> Iterator[CaseTrace]:
+        for s in sequences:
+            ids = np.asarray(s.input_ids, dtype=np.int64)
+            if ids.ndim != 1 or not 1 <= s.rows <= len(ids) - 1:
+                raise InputError(f"case {s.case_id!r}: {s.rows} rows do not fit a sequence of {len(ids)} tokens")
+            bad = ids[(ids < 0) | (ids >= self.vocab_size)]
+            if bad.size:
+                raise InputError(f"case {s.case_id!r}: token id {int(bad[0])} is outside the model's "
+                                 f"vocabulary of {self.vocab_size}")
+            logits = self.rows_full(ids, s.rows) if self.full else self.rows_stepwise(ids, s.rows)
+            yield CaseTrace(s.case_id, ids, logits)
+
+    def rows_stepwise(self, ids: np.ndarray, n_rows: int) -> np.ndarray:
+        """S=1 through the HF cache: feed x[t] for t = 0..N-2; row k is the output after x[P+k-1]."""
+        import torch
+        from transformers import DynamicCache
+
+        model = self.model
+        decoder = model.get_decoder()
+        cache = DynamicCache(config=model.config)
+        kw = {self._cache_kw: cache, "use_cache": True}
+        decoder_kw = {self._decoder_cache_kw: cache, "use_cache": True}
+        x = torch.as_tensor(ids)[None]
+        first_row = len(ids) - 1 - n_rows  # step whose output is row 0 (= P - 1)
+        rows = []
+        with torch.inference_mode():
+            for t in range(len(ids) - 1):
+                tok = x[:, t:t + 1]
+                if t < first_row:
+                    decoder(input_ids=tok, **decoder_kw)  # prompt steps: the head's logits are not scored
+                else:
+                    rows.append(model(input_ids=tok, **kw).logits[0, -1])
+        return torch.stack(rows).to(torch.float16).numpy()
+
+    def rows_full(self, ids: np.ndarray, n_rows: int) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.as_tensor(ids)[None]).logits[0]
+        return logits[len(ids) - 1 - n_rows:len(ids) - 1].to(torch.float16).numpy()
+
+
+def emulated_candidate(variant: str, *, model: str | os.PathLike | None = None,
+                       recipes: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
+                       mode: str = "fast", full: bool = False, **_other) -> EmulatedCandidate:
+    """The default runner of `harness.candidates.resolve`: `variant` names a recipe (bundled, or in
+    the recipe file `recipes` / `config`); `model` is the checkpoint folder (default: the fixture)."""
+    _check_mode(mode)
+    recipe = get_recipe(variant, recipes or config)
+    return EmulatedCandidate(recipe, resolve_model_dir(model), mode=mode, full=bool(full))
+
+
+__all__ = ["EmulatedCandidate", "emulated_candidate", "quantized_model", "apply_plan", "prepare_coreai_opt",
+           "coreai_opt_config", "load_fp16", "MODES"]
