@@ -15,10 +15,14 @@ streamed oracle holds about one layer in float32 plus the activations of the cas
      sequence goes through it, and the weights are dropped before the next layer is read;
   4. the final norm runs on every case, then the lm_head runs in vocabulary chunks.
 
-The logits are bit-identical to `load_causal_lm(dir, "float32")(input_ids).logits` on the fixture
-(tests/oracles/test_stream.py): every layer sees the same float32 operands in the same shapes as
-the in-memory forward, and the head runs on the same rows (all N positions of a case, not only the
-R scored ones: the BLAS picks its kernel, and so its summation order, by the row count).
+The logits are bit-identical to the in-memory float32 forward on the fixture
+(tests/oracles/test_stream.py): every layer gets the same float32 operands in the same shapes. The
+shapes matter because the BLAS picks its kernel, and so its summation order, by them: cases of
+equal length run as one batch of at most `batch_size` (the in-memory oracle's grouping rule), and
+the head gets the rows the in-memory forward gives it -- the last R+1 positions
+(head_rows="keep": `logits_to_keep`, as `flipgate oracle` runs it) or every position
+(head_rows="all": a plain `model(input_ids).logits`). Vocabulary chunks of the head are exact on
+the fixture; on other shapes a BLAS may sum a chunk in another order (a last-bit difference).
 
 A file is opened (and so memory-mapped) only while one layer or one head chunk is read from it,
 so pages of the mapping never pile up in the resident set across layers.
@@ -257,12 +261,15 @@ class StreamedOracle:
 
     Shares the runner interface (`runner`, `variant`, `metadata()`, `run(sequences)`); `run`
     consumes every sequence before yielding, since each layer serves all cases in turn.
+    `batch_size` and `head_rows` choose which in-memory forward it reproduces bit for bit (see the
+    module docstring); `max_memory` (bytes or '8GB') is checked before any weight is read.
     """
 
     runner = RUNNER
 
     def __init__(self, model_dir: str | Path, dtype: str = "float32", max_memory: int | str | None = None,
-                 head_chunk_rows: int | None = None, log: Callable[[str], None] | None = None):
+                 head_chunk_rows: int | None = None, batch_size: int = 1, head_rows: str = "keep",
+                 log: Callable[[str], None] | None = None):
         if dtype not in ("float32", "fp32"):
             raise InputError(f"--dtype {dtype!r} with --stream: the streamed oracle runs float32 only "
                              f"(a bfloat16 oracle fits in memory the ordinary way)")
@@ -273,6 +280,12 @@ class StreamedOracle:
         if head_chunk_rows is not None and head_chunk_rows < 1:
             raise InputError(f"head chunk of {head_chunk_rows} rows: must be at least 1")
         self._head_chunk_rows = head_chunk_rows
+        if batch_size < 1:
+            raise InputError(f"--batch-size {batch_size}: expected a positive integer")
+        if head_rows not in ("keep", "all"):
+            raise InputError(f"head_rows {head_rows!r}: expected 'keep' or 'all'")
+        self.batch_size = batch_size
+        self.head_rows = head_rows
         self.log = log or (lambda msg: None)
         self.index = CheckpointIndex(self.model_dir)
         self._build_skeleton()
@@ -373,7 +386,8 @@ class StreamedOracle:
         import transformers
 
         return {"dtype": "float32", "execution": "layer-streamed",
-                "head_chunk_rows": str(self.stats.head_chunk_rows),
+                "head_chunk_rows": str(self.stats.head_chunk_rows), "head_rows": self.head_rows,
+                "batch_size": str(self.batch_size),
                 "torch_version": torch.__version__, "transformers_version": transformers.__version__}
 
     # -- memory budget --------------------------------------------------------------------------
@@ -386,17 +400,18 @@ class StreamedOracle:
         st.largest_layer = self._module_name[id(self.layers[big])] if sizes else ""
         st.largest_layer_bytes = max(sizes, default=0)
         h = self.hidden_size
-        lengths = [int(s.input_ids.shape[0]) for s in sequences]
-        st.tokens = sum(lengths)
+        st.tokens = sum(int(s.input_ids.shape[0]) for s in sequences)
         st.positions = sum(s.rows for s in sequences)
+        batch_tokens = max((sum(int(sequences[i].input_ids.shape[0]) for i in g) for g in self.groups(sequences)),
+                           default=0)
         # hidden states of every case (twice during a layer update) + the widest layer's intermediates
         widest = max((sum(self.index.tensors[n].shape[0] for n in m.values() if len(self.index.tensors[n].shape) == 2)
                       for m in self.layer_tensors), default=h)
-        st.activation_bytes = 4 * (2 * st.tokens * h + 2 * max(lengths, default=0) * widest)
+        st.activation_bytes = 4 * (2 * st.tokens * h + 2 * batch_tokens * widest)
         st.logits_bytes = 4 * st.positions * self.vocab_size
         st.head_bytes = self.vocab_size * h * 4
         fixed = st.largest_layer_bytes + st.activation_bytes + st.logits_bytes
-        per_row = 4 * (h + max(lengths, default=0))  # weight row + one logits column of the widest case
+        per_row = 4 * (h + batch_tokens)  # a weight row + one logits column of the largest batch
         rows = self._head_chunk_rows
         if rows is None:
             # Default: a head chunk no larger than a layer, so the head never sets the peak.
@@ -456,6 +471,15 @@ class StreamedOracle:
             raise RuntimeError(f"{type(dec).__name__}.forward called {len(sink)} of {len(layers)} layers")
         return [sink[i] for i in range(len(layers))]
 
+    def groups(self, seqs: list[Sequence]) -> list[list[int]]:
+        """Sequences that run as one batch: equal length and row count, at most `batch_size`, in
+        order of first appearance -- the in-memory oracle's rule, so the GEMM shapes match too."""
+        by_key: dict[tuple[int, int], list[int]] = {}
+        for i, s in enumerate(seqs):
+            by_key.setdefault((int(s.input_ids.shape[0]), s.rows), []).append(i)
+        out = [m[j:j + self.batch_size] for m in by_key.values() for j in range(0, len(m), self.batch_size)]
+        return sorted(out, key=lambda g: g[0])
+
     def run(self, sequences: Iterable[Sequence]) -> Iterator[CaseTrace]:
         import torch
         import torch.nn.functional as F
@@ -473,12 +497,13 @@ class StreamedOracle:
                  f"float32; planned need {fmt_bytes(st.need_bytes)}"
                  + (f" of --max-memory {fmt_bytes(self.max_memory)}" if self.max_memory else ""))
         f32 = torch.float32
+        groups = self.groups(seqs)
         with torch.inference_mode():
             t0 = time.perf_counter()
             hidden, layer_args = [], []
-            for s in seqs:
-                ids = np.asarray(s.input_ids, dtype=np.int64)
-                emb = self.index.gather_rows(self.embed_name, ids, f32)[None]
+            for g in groups:
+                ids = np.stack([np.asarray(seqs[i].input_ids, dtype=np.int64) for i in g])
+                emb = self.index.gather_rows(self.embed_name, ids.reshape(-1), f32).reshape(*ids.shape, -1)
                 hidden.append(emb)
                 layer_args.append(self._capture_layer_inputs(emb))
             st.load_seconds += time.perf_counter() - t0
@@ -495,10 +520,10 @@ class StreamedOracle:
                 del weights
                 t1 = time.perf_counter()
                 st.load_seconds += t1 - t0
-                for c in range(len(seqs)):
-                    args, kwargs = layer_args[c][i]
-                    out = layer(hidden[c], *args, **kwargs)
-                    hidden[c] = out[0] if isinstance(out, tuple) else out
+                for k in range(len(groups)):
+                    args, kwargs = layer_args[k][i]
+                    out = layer(hidden[k], *args, **kwargs)
+                    hidden[k] = out[0] if isinstance(out, tuple) else out
                 layer.to("meta")  # drop this layer's weights before the next one is read
                 st.compute_seconds += time.perf_counter() - t1
                 st.per_layer_seconds.append(time.perf_counter() - t0)
@@ -507,7 +532,11 @@ class StreamedOracle:
             norm = self.decoder.norm
             norm.load_state_dict({p: t for p, t in zip(self.norm_tensors, self.index.load(
                 self.norm_tensors.values(), f32).values())}, strict=True, assign=True)
-            normed = [norm(h)[0] for h in hidden]
+            # the head's input rows, sliced as the in-memory forward slices them (see the docstring)
+            head_in = []
+            for k, g in enumerate(groups):
+                h = norm(hidden[k])
+                head_in.append(h if self.head_rows == "all" else h[:, -(seqs[g[0]].rows + 1):, :])
             norm.to("meta")
             del hidden
 
@@ -522,11 +551,11 @@ class StreamedOracle:
                 self._held(w.numel() * 4 + hidden_bytes + logits_bytes, f"reading lm_head rows {v0}:{v1}")
                 t1 = time.perf_counter()
                 st.load_seconds += t1 - t0
-                for c, s in enumerate(seqs):
-                    n = normed[c].shape[0]
-                    # all N rows, as the in-memory forward does (see the module docstring)
-                    part = F.linear(normed[c], w, b)
-                    logits[c][:, v0:v1] = part[n - s.rows - 1:n - 1].numpy()
+                for k, g in enumerate(groups):
+                    r = seqs[g[0]].rows
+                    part = F.linear(head_in[k], w, b)[:, -(r + 1):-1]
+                    for j, i in enumerate(g):
+                        logits[i][:, v0:v1] = part[j].numpy()
                 del w, b
                 st.compute_seconds += time.perf_counter() - t1
         st.peak_rss_bytes = peak_rss_bytes()

@@ -54,7 +54,8 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sequences(model_dir) -> list[Sequence]:
-    """The bundled prompts (random ids where the model has no tokenizer) + 16 teacher-forced tokens."""
+    """Six bundled prompts (random ids where the model has no tokenizer) + 16 teacher-forced tokens,
+    and two more of an existing length, so that equal-length cases share a batch."""
     from harness.cases import load_cases
 
     rng = np.random.default_rng(7)
@@ -70,26 +71,43 @@ def sequences(model_dir) -> list[Sequence]:
                   else rng.integers(0, vocab, size=14).tolist())
         ids = np.array(prompt + rng.integers(0, vocab, size=16).tolist(), dtype=np.int64)
         out.append(Sequence(spec.id, ids, 16))
+    n = len(out[0].input_ids)
+    out.append(Sequence("same-length", rng.integers(0, vocab, size=n), 16))
+    out.append(Sequence("short", rng.integers(0, vocab, size=7), 3))
     return out
 
 
-def in_memory(model_dir: Path, seqs) -> dict[str, np.ndarray]:
-    """The ordinary fp32 forward: whole model in memory, one causal pass per case."""
+def in_memory(model_dir: Path, seqs, *, batch_size: int = 1, keep: bool = True) -> dict[str, np.ndarray]:
+    """The ordinary fp32 forward, whole model in memory: equal-length cases batched (at most
+    `batch_size`), the head on the last R+1 positions (`logits_to_keep`) or on all of them."""
     model = load_causal_lm(model_dir, "float32")
+    batches: dict[tuple[int, int], list[list[Sequence]]] = {}
+    for s in seqs:
+        runs = batches.setdefault((len(s.input_ids), s.rows), [[]])
+        if len(runs[-1]) == batch_size:
+            runs.append([])
+        runs[-1].append(s)
+    out = {}
     with torch.no_grad():
-        return {s.case_id: model(input_ids=torch.from_numpy(s.input_ids)[None]).logits[0, -s.rows - 1:-1].numpy()
-                for s in seqs}
+        for runs in batches.values():
+            for run in runs:
+                ids = torch.from_numpy(np.stack([s.input_ids for s in run]))
+                r = run[0].rows
+                kw = {"logits_to_keep": r + 1} if keep else {}
+                logits = model(input_ids=ids, **kw).logits[:, -r - 1:-1]
+                out.update({s.case_id: logits[j].numpy() for j, s in enumerate(run)})
+    return {s.case_id: out[s.case_id] for s in seqs}
 
 
 @pytest.fixture(scope="module")
 def reference(model_dir, sequences):
-    return in_memory(model_dir, sequences)
+    return in_memory(model_dir, sequences, batch_size=8)
 
 
 @pytest.fixture(scope="module")
 def streamed(model_dir, sequences):
     """One streamed run, watched: how many layers hold real weights whenever a layer runs."""
-    oracle = StreamedOracle(model_dir)
+    oracle = StreamedOracle(model_dir, batch_size=8)
     held_at_forward = []
 
     def count_materialized(module, args):
@@ -114,15 +132,25 @@ def assert_bit_identical(traces, reference):
 
 
 def test_logits_are_bit_identical_to_the_in_memory_fp32_forward(streamed, sequences, reference):
-    _, traces, _ = streamed
+    oracle, traces, _ = streamed
+    groups = oracle.groups(sequences)
+    assert sorted(i for g in groups for i in g) == list(range(len(sequences)))
+    assert any(len(g) > 1 for g in groups)  # batched cases are exact too
+    assert all(len({len(sequences[i].input_ids) for i in g}) == 1 for g in groups)
     assert_bit_identical(traces, reference)
     for t, s in zip(traces, sequences):
         assert np.array_equal(t.input_ids, s.input_ids) and t.rows == s.rows
 
 
+def test_unbatched_with_the_head_on_every_position_matches_a_plain_forward(model_dir, sequences):
+    seqs = [sequences[0], sequences[-2], sequences[-1]]
+    oracle = StreamedOracle(model_dir, head_rows="all", head_chunk_rows=512)
+    assert_bit_identical(list(oracle.run(seqs)), in_memory(model_dir, seqs, keep=False))
+
+
 def test_at_most_one_layer_is_held_and_every_layer_is_freed(streamed, sequences):
     oracle, _, held_at_forward = streamed
-    assert len(held_at_forward) == len(sequences) * len(oracle.layers)
+    assert len(held_at_forward) == len(oracle.groups(sequences)) * len(oracle.layers)
     assert max(held_at_forward) == 1
     assert all(p.device.type == "meta" for p in oracle.model.parameters())
     st = oracle.stats
@@ -140,10 +168,11 @@ def test_small_head_chunks_over_a_sharded_checkpoint_are_still_bit_identical(mod
         if f.name.startswith("tokenizer"):
             shutil.copy(f, tmp_path / f.name)
     assert len(list(tmp_path.glob("*.safetensors"))) > 3 and (tmp_path / "model.safetensors.index.json").is_file()
-    oracle = StreamedOracle(tmp_path, head_chunk_rows=256)
-    traces = list(oracle.run(sequences[:3]))
+    oracle = StreamedOracle(tmp_path, head_chunk_rows=256, batch_size=8)
+    seqs = [sequences[0], sequences[-2], sequences[1]]
+    traces = list(oracle.run(seqs))
     assert oracle.stats.head_chunks == -(-oracle.vocab_size // 256) > 1
-    assert_bit_identical(traces, {s.case_id: reference[s.case_id] for s in sequences[:3]})
+    assert_bit_identical(traces, {s.case_id: reference[s.case_id] for s in seqs})
 
 
 def test_multimodal_checkpoint_naming_streams_its_text_decoder(tmp_path):
@@ -160,6 +189,7 @@ def test_multimodal_checkpoint_naming_streams_its_text_decoder(tmp_path):
     rng = np.random.default_rng(0)
     seqs = [Sequence("a", rng.integers(0, 2048, size=20), 8), Sequence("b", rng.integers(0, 2048, size=9), 8)]
     assert_bit_identical(list(oracle.run(seqs)), in_memory(path, seqs))
+    assert_bit_identical(list(StreamedOracle(path, head_rows="all").run(seqs)), in_memory(path, seqs, keep=False))
 
 
 def test_parse_bytes():
