@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from typing import Any, Mapping
 
-from .model import candidate_name, control_name, margin_space
+from .model import candidate_name, control_name, margin_space, num
 
 # Per-position CSV columns: who, then the schema's fields, then the optional extras and texts.
 CSV_COLUMNS = ("gate", "candidate", "control", "passed", "margin_space", "case", "row", "position",
@@ -17,6 +18,10 @@ CSV_COLUMNS = ("gate", "candidate", "control", "passed", "margin_space", "case",
                "oracle_top1_prob", "oracle_top2_prob", "candidate_top1_prob", "control_top1_prob",
                "context_text", "target_text", "oracle_top1_text", "oracle_top2_text",
                "candidate_top1_text", "control_top1_text")
+
+
+_FLOAT_COLUMNS = ("margin", "cosine", "kl", "oracle_top1_prob", "oracle_top2_prob", "candidate_top1_prob",
+                  "control_top1_prob")
 
 
 def render_json(verdicts: list[Mapping]) -> str:
@@ -29,8 +34,23 @@ def render_json(verdicts: list[Mapping]) -> str:
     return dumps(obj)
 
 
+_SPECIAL = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def json_ready(obj: Any) -> Any:
+    """A copy with NaN/Inf as the strings "NaN", "Infinity", "-Infinity", as the gate engine writes
+    them: plain JSON has no such numbers, and a string cannot be mistaken for a bound that holds."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return _SPECIAL[repr(obj)]
+    if isinstance(obj, Mapping):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj
+
+
 def dumps(obj: Any) -> str:
-    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    text = json.dumps(json_ready(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
@@ -42,7 +62,10 @@ def positions_frame(verdicts: list[Mapping]):
         head = {"gate": v["gate"], "candidate": candidate_name(v), "control": control_name(v),
                 "passed": v["passed"], "margin_space": margin_space(v)}
         for p in v["positions"]:
-            rows.append({**head, **{k: p.get(k) for k in CSV_COLUMNS if k not in head}})
+            row = {**head, **{k: p.get(k) for k in CSV_COLUMNS if k not in head}}
+            for k in _FLOAT_COLUMNS:  # "NaN" (a verdict file's NaN) and nan alike become a float NaN
+                row[k] = num(row[k])
+            rows.append(row)
     frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
     # Ids stay integers where present (pandas would make a column with a None in it float).
     for col in ("row", "position", "target_token", "oracle_top1", "oracle_top2", "candidate_top1",

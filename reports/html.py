@@ -20,7 +20,8 @@ from .escape import html_text as h
 from .escape import visible
 from .model import (CLASSES, COMPARISON_COLUMNS, COMPARISON_HEADERS, SIGNOFF_FIELDS, Report, comparison_row,
                     flip_cells, flip_headers, flip_row, flips, made_line, margin_space_note, one_line, policy_items,
-                    position_anchor, position_grid, provenance_items, subject_provenance, summary_extras, fmt)
+                    notes, position_anchor, position_grid, provenance_items, reasons, subject_provenance,
+                    summary_extras, fmt)
 from .plots import CLASS_COLOURS, PLOTS
 
 _CSS = """
@@ -41,6 +42,7 @@ ul.verdicts li { margin: 3px 0; }
          color: white; font-weight: 600; font-size: 12px; }
 .badge.pass { background: var(--pass); } .badge.fail { background: var(--fail); }
 .note { color: var(--muted); }
+.reasons { color: var(--fail); }
 table { border-collapse: collapse; margin: 8px 0 16px; }
 th, td { border: 1px solid var(--line); padding: 3px 7px; vertical-align: top; }
 th { background: #f2f4f7; text-align: left; font-weight: 600; }
@@ -127,7 +129,8 @@ def _banner(report: Report) -> str:
     single = report.subject_verdict or (report.verdicts[0] if len(report.verdicts) == 1 else None)
     if single is not None:
         ok = single["passed"] is True
-        head, sub = f"Gate {visible(single['gate'])}: {'PASS' if ok else 'FAIL'}", one_line(single)
+        head = f"Gate {visible(single['gate'])}: {'PASS' if ok else 'FAIL'}"
+        sub = one_line(single) + "".join(f" · {r}" for r in reasons(single))
         state = "pass" if ok else "fail"
     else:
         # A comparison is not itself a pass or a fail (int4 is expected to fail): say which passed.
@@ -234,6 +237,10 @@ def _flip_section(report: Report) -> str:
         parts.append(f'<h3 id="{_gate_anchor(v["gate"])}">{_badge(v)} {h(visible(v["gate"]))}</h3>')
         parts.append('<p class="note">Policy: ' + h(", ".join(f"{k} = {visible(x)}" for k, x in policy_items(v)))
                      + "</p>")
+        if reasons(v):
+            parts.append('<p class="reasons"><strong>Fails because:</strong> ' + h("; ".join(reasons(v))) + "</p>")
+        if notes(v):
+            parts.append('<p class="note">Notes: ' + h("; ".join(notes(v))) + "</p>")
         extras = summary_extras(v)
         if extras:
             parts.append('<p class="note">Statistics: ' + h(", ".join(f"{k} = {x}" for k, x in extras)) + "</p>")

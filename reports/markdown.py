@@ -9,8 +9,8 @@ from typing import Mapping
 
 from .escape import md_text, visible
 from .model import (COMPARISON_COLUMNS, COMPARISON_HEADERS, SIGNOFF_FIELDS, Report, comparison_row, flip_cells, made_line,
-                    flip_headers, flip_row, flips, margin_space_note, one_line, policy_items, provenance_items,
-                    subject_provenance, summary_extras)
+                    flip_headers, flip_row, flips, margin_space_note, notes, one_line, policy_items,
+                    provenance_items, reasons, subject_provenance, summary_extras)
 
 
 def _table(headers, rows) -> list[str]:
@@ -38,6 +38,10 @@ def flip_lines(report: Report) -> list[str]:
         matches = sum(p["class"] == "match" for p in v["positions"])
         out += [f"## Positions: {md_text(visible(v['gate']))}", ""]
         out.append("Policy: " + ", ".join(f"{md_text(k)} = {md_text(visible(x))}" for k, x in policy_items(v)) + ".")
+        if reasons(v):
+            out += ["", "**Fails because:** " + "; ".join(md_text(r) for r in reasons(v)) + "."]
+        if notes(v):
+            out += ["", "Notes: " + "; ".join(md_text(r) for r in notes(v)) + "."]
         extras = summary_extras(v)
         if extras:
             out += ["", "Statistics: " + ", ".join(f"{md_text(k)} = {md_text(x)}" for k, x in extras) + "."]

@@ -203,9 +203,23 @@ def policy_items(v: Mapping) -> list[tuple[str, str]]:
     return [(str(k), _plain(val)) for k, val in v["policy"].items()]
 
 
+_SAID_ELSEWHERE = ("reasons", "notes")
+
+
 def summary_extras(v: Mapping) -> list[tuple[str, str]]:
     """Summary statistics beyond the schema's fixed keys (e.g. the Wilson interval), formatted."""
-    return [(str(k), _plain(val)) for k, val in v["summary"].items() if k not in SUMMARY_KEYS]
+    return [(str(k), _plain(val)) for k, val in v["summary"].items()
+            if k not in SUMMARY_KEYS and k not in _SAID_ELSEWHERE]
+
+
+def reasons(v: Mapping) -> list[str]:
+    """Why the gate failed, as the engine said it (summary 'reasons'; empty if it passed or said none)."""
+    return [visible(r) for r in (v["summary"].get("reasons") or [])]
+
+
+def notes(v: Mapping) -> list[str]:
+    """What the engine noted about how it judged (e.g. a control the policy names was not given)."""
+    return [visible(r) for r in (v["summary"].get("notes") or [])]
 
 
 def _plain(val: Any) -> str:

@@ -9,8 +9,8 @@ from typing import TextIO
 
 from .escape import visible
 from .model import (COMPARISON_COLUMNS, COMPARISON_HEADERS, Report, comparison_row, flip_row, flips, made_line,
-                    margin_space, margin_space_note, one_line, policy_items, provenance_items, subject_provenance,
-                    summary_extras)
+                    margin_space, margin_space_note, notes, one_line, policy_items, provenance_items, reasons,
+                    subject_provenance, summary_extras)
 
 _CLASS_STYLE = {"match": "green", "tie-flip": "yellow", "oracle-artifact": "cyan", "defect": "bold red",
                 "invalid": "bold magenta"}
@@ -37,6 +37,10 @@ def print_report(report: Report, file: TextIO | None = None, *, width: int | Non
     con.print(Text(visible(report.title), style="bold"))
     for v in ([subject] if subject is not None else report.verdicts):
         con.print(Text(one_line(v), style="green" if v["passed"] is True else "red"))
+        for r in reasons(v):
+            con.print(Text(f"  fails because: {r}", style="red"))
+        for r in notes(v):
+            con.print(Text(f"  note: {r}", style="dim"))
     con.print(Text(margin_space_note(report.verdicts) + "; confident when margin ≥ min_margin", style="dim"))
     if subject is not None:
         con.print(Text("policy: " + ", ".join(f"{k} = {visible(x)}" for k, x in policy_items(subject))))

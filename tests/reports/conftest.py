@@ -112,6 +112,13 @@ def finish_verdict(gate, candidate, control, positions, *, min_cosine=0.99, prov
     confident_flips = sum(p["margin"] >= MIN_MARGIN and p["class"] != "match" for p in positions)
     defects, invalid = count("defect"), count("invalid")
     passed = defects == 0 and invalid == 0 and min_cos >= min_cosine  # NaN >= x is False: a fail
+    reasons = []
+    if invalid:
+        reasons.append(f"{invalid} invalid position(s): NaN or Inf in the candidate or control")
+    if defects:
+        reasons.append(f"{defects} defect(s), max_defects 0")
+    if not min_cos >= min_cosine:
+        reasons.append(f"min cosine {min_cos:.6g} below min_cosine {min_cosine}")
     return {
         "schema": "flipgate.verdict/1",
         "gate": gate,
@@ -126,6 +133,7 @@ def finish_verdict(gate, candidate, control, positions, *, min_cosine=0.99, prov
             "min_cosine": min_cos, "mean_cosine": mean_cos, "mean_kl": mean_kl,
             "max_kl": max_kl, "margin_space": "prob",
             "confident_flip_rate_wilson95": _wilson(confident_flips, confident),
+            "reasons": reasons,
         },
         "positions": positions,
         "provenance": provenance if provenance is not None else {
