@@ -235,7 +235,7 @@ def _flip_section(report: Report) -> str:
         shown = flips(v, report.all_positions)
         matches = sum(p["class"] == "match" for p in v["positions"])
         parts.append(f'<h3 id="{_gate_anchor(v["gate"])}">{_badge(v)} {h(visible(v["gate"]))}</h3>')
-        parts.append('<p class="note">Policy: ' + h(", ".join(f"{k} = {visible(x)}" for k, x in policy_items(v)))
+        parts.append('<p class="note">Policy: ' + h(", ".join(f"{k} = {x}" for k, x in policy_items(v)))
                      + "</p>")
         if reasons(v):
             parts.append('<p class="reasons"><strong>Fails because:</strong> ' + h("; ".join(reasons(v))) + "</p>")
@@ -277,18 +277,15 @@ def _flip_section(report: Report) -> str:
 
 def _policy(v: Mapping) -> str:
     return ('<section id="policy"><h2>Policy in force</h2>'
-            + _table(("key", "value"), [(k, visible(x)) for k, x in policy_items(v)], id_="policy-table")
+            + _table(("key", "value"), policy_items(v), id_="policy-table")
             + "</section>")
 
 
 def _provenance(report: Report) -> str:
-    rows, blocks = [], []
-    for key, val, block in provenance_items(subject_provenance(report)):
-        (blocks if block else rows).append((visible(key), val if block else visible(val)))
+    rows, blocks = provenance_items(subject_provenance(report))
     out = ['<section id="provenance"><h2>Provenance</h2>', _table(("key", "value"), rows, id_="provenance-table")]
-    for key, text in blocks:
-        lines = "\n".join(visible(line) for line in text.splitlines())
-        out.append(f"<h3>{h(key)}</h3><pre class=\"recipe\">{h(lines)}</pre>")
+    for key, lines in blocks:
+        out.append(f"<h3>{h(key)}</h3><pre class=\"recipe\">{h(chr(10).join(lines))}</pre>")
     if report.made:
         out.append(f'<p class="note">{h(made_line(report.made))}</p>')
     out.append("</section>")

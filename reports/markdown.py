@@ -37,7 +37,7 @@ def flip_lines(report: Report) -> list[str]:
         shown = flips(v, report.all_positions)
         matches = sum(p["class"] == "match" for p in v["positions"])
         out += [f"## Positions: {md_text(visible(v['gate']))}", ""]
-        out.append("Policy: " + ", ".join(f"{md_text(k)} = {md_text(visible(x))}" for k, x in policy_items(v)) + ".")
+        out.append("Policy: " + ", ".join(f"{md_text(k)} = {md_text(x)}" for k, x in policy_items(v)) + ".")
         if reasons(v):
             out += ["", "**Fails because:** " + "; ".join(md_text(r) for r in reasons(v)) + "."]
         if notes(v):
@@ -70,19 +70,12 @@ def _plot_lines(plots: Mapping[str, str] | None) -> list[str]:
 
 def provenance_lines(report: Report, prov: Mapping) -> list[str]:
     out = ["## Provenance", ""]
-    rows, blocks = [], []
-    for key, val, block in provenance_items(prov):
-        if block:
-            blocks.append((key, val))
-        else:
-            rows.append((visible(key), visible(val)))
+    rows, blocks = provenance_items(prov)
     out += _table(("key", "value"), rows) + [""]
-    for key, text in blocks:
+    for key, lines in blocks:
         # A fence longer than any backtick run inside the text: recipe text cannot close it.
-        fence = "`" * max(3, _longest_backticks(text) + 1)
-        out += [f"{md_text(visible(key))}:", "", fence + "text"]
-        out += [visible(line) for line in text.splitlines()]
-        out += [fence, ""]
+        fence = "`" * max(3, max(map(_longest_backticks, lines), default=0) + 1)
+        out += [f"{md_text(key)}:", "", fence + "text", *lines, fence, ""]
     if report.made:
         out += [made_line(report.made, md_text), ""]
     return out
@@ -113,7 +106,7 @@ def render_markdown(report: Report, plots: Mapping[str, str] | None = None) -> s
     out += [md_text(margin_space_note(report.verdicts)) + "; a position is confident when margin ≥ min_margin. "
             "exact = argmax matches; rule = matches plus tie-flips (the margin rule).", ""]
     if subject is not None:
-        out += ["## Policy in force", ""] + _table(("key", "value"), [(k, visible(x)) for k, x in policy_items(subject)])
+        out += ["## Policy in force", ""] + _table(("key", "value"), policy_items(subject))
         out.append("")
     out += comparison_lines(report)
     out += _plot_lines(plots)

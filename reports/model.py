@@ -2,7 +2,8 @@
 every renderer shares — the comparison rows, the flip rows, the position grid.
 
 Renderers only ever see verdict dicts, never the gate engine's objects or the models: anything with
-`to_dict()` is turned into its dict first, and `load_verdict` reads the JSON a gate wrote.
+`to_dict()` is turned into its dict first, and `load_verdict_file` reads the JSON a gate wrote. Every
+string a view returns has been through `visible()` once: renderers only escape it for their medium.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from .escape import context, token, visible
 
 SCHEMA = "flipgate.verdict/1"
 CLASSES = ("match", "tie-flip", "oracle-artifact", "defect", "invalid")
-FLIP_CLASSES = CLASSES[1:]
 SUMMARY_KEYS = ("positions", "exact", "rule", "confident", "tie_flips", "oracle_artifacts", "defects",
                 "invalid", "min_cosine", "mean_cosine", "mean_kl")
 POSITION_KEYS = ("case", "row", "position", "target_token", "oracle_top1", "oracle_top2", "margin",
@@ -200,7 +200,7 @@ def one_line(v: Mapping) -> str:
 
 
 def policy_items(v: Mapping) -> list[tuple[str, str]]:
-    return [(str(k), _plain(val)) for k, val in v["policy"].items()]
+    return [(visible(k), _plain(val)) for k, val in v["policy"].items()]
 
 
 _SAID_ELSEWHERE = ("reasons", "notes")
@@ -208,7 +208,7 @@ _SAID_ELSEWHERE = ("reasons", "notes")
 
 def summary_extras(v: Mapping) -> list[tuple[str, str]]:
     """Summary statistics beyond the schema's fixed keys (e.g. the Wilson interval), formatted."""
-    return [(str(k), _plain(val)) for k, val in v["summary"].items()
+    return [(visible(k), _plain(val)) for k, val in v["summary"].items()
             if k not in SUMMARY_KEYS and k not in _SAID_ELSEWHERE]
 
 
@@ -223,17 +223,18 @@ def notes(v: Mapping) -> list[str]:
 
 
 def _plain(val: Any) -> str:
+    """A policy or statistic value as short visible text (floats to 6 significant digits)."""
     if val is None:
         return "none"
     if isinstance(val, bool):
         return "true" if val else "false"
     if isinstance(val, float):
-        return fmt(val, 6).rstrip("0").rstrip(".") if math.isfinite(val) else fmt(val)
+        return f"{val:.6g}" if math.isfinite(val) else fmt(val)
     if isinstance(val, (list, tuple)):
         return "[" + ", ".join(_plain(x) for x in val) + "]"
     if isinstance(val, Mapping):
-        return "{" + ", ".join(f"{k}: {_plain(x)}" for k, x in val.items()) + "}"
-    return str(val)
+        return "{" + ", ".join(f"{visible(k)}: {_plain(x)}" for k, x in val.items()) + "}"
+    return visible(val)
 
 
 def flips(v: Mapping, all_positions: bool = False) -> list[Mapping]:
@@ -403,33 +404,35 @@ PROVENANCE_EXPECTED = ("model", "model_sha256", "trace_sha256", "tokenizer_sha25
                        "recipes", "versions", "machine", "date")
 
 
-def provenance_items(prov: Mapping | None) -> list[tuple[str, str, bool]]:
-    """(key, value, is_block) rows: expected keys first (missing ones 'not recorded'), then the rest.
-
-    Nested objects are flattened to dotted keys; multi-line strings (recipe text) are blocks.
-    """
+def provenance_items(prov: Mapping | None) -> tuple[list[tuple[str, str]], list[tuple[str, list[str]]]]:
+    """Provenance as (rows, blocks), all visible text: rows are (key, value) with the expected keys
+    first (a missing one 'not recorded') and nested objects flattened to dotted keys; blocks are
+    (key, lines) for multi-line text such as a recipe."""
     prov = dict(prov or {})
-    rows: list[tuple[str, str, bool]] = []
+    rows: list[tuple[str, str]] = []
+    blocks: list[tuple[str, list[str]]] = []
 
     def add(key: str, val: Any) -> None:
         if isinstance(val, Mapping):
             if not val:
-                rows.append((key, "none recorded", False))
+                rows.append((visible(key), "none recorded"))
             for k, x in val.items():
                 add(f"{key}.{k}", x)
         elif isinstance(val, str) and "\n" in val:
-            rows.append((key, val, True))
+            blocks.append((visible(key), [visible(line) for line in val.splitlines()]))
+        elif isinstance(val, str):
+            rows.append((visible(key), visible(val) or "not recorded"))
         else:
-            rows.append((key, _plain(val) if not isinstance(val, str) else (val or "not recorded"), False))
+            rows.append((visible(key), _plain(val)))
 
     for key in PROVENANCE_EXPECTED:
         if key in prov:
             add(key, prov.pop(key))
         else:
-            rows.append((key, "not recorded", False))
+            rows.append((key, "not recorded"))
     for key in sorted(prov):
         add(key, prov[key])
-    return rows
+    return rows, blocks
 
 
 def subject_provenance(report: Report) -> dict:

@@ -43,7 +43,7 @@ def print_report(report: Report, file: TextIO | None = None, *, width: int | Non
             con.print(Text(f"  note: {r}", style="dim"))
     con.print(Text(margin_space_note(report.verdicts) + "; confident when margin ≥ min_margin", style="dim"))
     if subject is not None:
-        con.print(Text("policy: " + ", ".join(f"{k} = {visible(x)}" for k, x in policy_items(subject))))
+        con.print(Text("policy: " + ", ".join(f"{k} = {x}" for k, x in policy_items(subject))))
 
     if len(report.verdicts) > 1 or subject is not None:
         table = Table(title="Comparison", title_justify="left")
@@ -85,13 +85,13 @@ def print_report(report: Report, file: TextIO | None = None, *, width: int | Non
 
     if subject is not None:
         con.print(Text("provenance", style="bold"))
-        for key, val, block in provenance_items(subject_provenance(report)):
-            if block:
-                con.print(Text(f"  {visible(key)}:"))
-                for line in val.splitlines():
-                    con.print(Text(f"    {visible(line)}", style="dim"))
-            else:
-                con.print(Text(f"  {visible(key)}: {visible(val)}"))
+        rows, blocks = provenance_items(subject_provenance(report))
+        for key, val in rows:
+            con.print(Text(f"  {key}: {val}"))
+        for key, lines in blocks:
+            con.print(Text(f"  {key}:"))
+            for line in lines:
+                con.print(Text(f"    {line}", style="dim"))
         if report.made:
             con.print(Text(made_line(report.made), style="dim"))
 
