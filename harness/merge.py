@@ -1,0 +1,169 @@
+"""Joining traces without holding them in memory.
+
+`merge_traces` is `flipgate merge`: the shards of one oracle run (`flipgate oracle --shard i/n`,
+each on whatever machine a scheduler gave it) become one trace, in the case set's order. It refuses
+traces that were not made from the same model, tokenizer, precision and case set.
+
+`join_cases` is the streaming copy under it (also how the oracle assembles its per-case parts):
+tensor bytes are copied from the source files in chunks, so memory stays flat however many
+cases, and the result is validated by the trace reader before it is renamed into place.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .errors import InputError
+from .fileio import atomic_path
+from .trace import FORMAT, open_trace
+
+_CHUNK = 1 << 22
+
+# Metadata that must be equal in every merged trace: it says what the rows are rows of.
+MUST_AGREE = ("runner", "variant", "vocab_size", "model", "tokenizer_sha256", "dtype", "mode",
+              "case_set", "case_set_sha256", "min_margin", "margin_space")
+# Recomputed for the merged trace rather than copied.
+_RECOMPUTED = ("format", "cases", "created_at", "shard", "low_margin", "confident_fraction")
+
+
+def _layout(path: Path) -> tuple[int, dict]:
+    """(start of the data buffer, tensor header) of a trace that open_trace has accepted."""
+    with open(path, "rb") as f:
+        (hlen,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(hlen).decode("utf-8"))
+    header.pop("__metadata__", None)
+    return 8 + hlen, header
+
+
+def join_cases(out: str | os.PathLike, metadata: dict[str, str],
+               sources: Iterable[tuple[str | os.PathLike, str]]) -> Path:
+    """Write a trace holding the given (trace file, case id) pairs, in that order.
+
+    `metadata` needs runner, variant and vocab_size; format and the case list are set here.
+    """
+    dest = Path(out)
+    layouts: dict[Path, tuple[int, dict]] = {}
+    plan: list[tuple[Path, int, int]] = []
+    header: dict[str, object] = {}
+    case_ids: list[str] = []
+    offset = 0
+    for src, cid in sources:
+        src = Path(src)
+        if src not in layouts:
+            t = open_trace(src)  # validates every rule before a byte is copied
+            if str(t.vocab_size) != str(metadata.get("vocab_size")):
+                raise InputError(f"{src}: vocab_size {t.vocab_size} differs from {metadata.get('vocab_size')}")
+            layouts[src] = _layout(src)
+        if cid in case_ids:
+            raise InputError(f"{src}: case {cid!r} given twice")
+        case_ids.append(cid)
+        start, tensors = layouts[src]
+        for kind in ("input_ids", "logits"):
+            entry = tensors.get(f"{cid}/{kind}")
+            if entry is None:
+                raise InputError(f"{src}: no case {cid!r}")
+            a, b = entry["data_offsets"]
+            header[f"{cid}/{kind}"] = {"dtype": entry["dtype"], "shape": entry["shape"],
+                                       "data_offsets": [offset, offset + b - a]}
+            plan.append((src, start + a, b - a))
+            offset += b - a
+    meta = {k: str(v) for k, v in metadata.items()}
+    for key in ("runner", "variant", "vocab_size"):
+        if key not in meta:
+            raise ValueError(f"join_cases: metadata lacks {key!r}")
+    meta["format"] = FORMAT
+    meta["cases"] = json.dumps(case_ids)
+    raw = json.dumps({"__metadata__": meta, **header}, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            for src, at, n in plan:
+                with open(src, "rb") as s:
+                    s.seek(at)
+                    while n:
+                        chunk = s.read(min(n, _CHUNK))
+                        if not chunk:
+                            raise InputError(f"{src}: ended while being copied (changed during the merge?)")
+                        f.write(chunk)
+                        n -= len(chunk)
+        open_trace(tmp)
+    return dest
+
+
+def merge_traces(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Join shard traces into one trace (see module doc). Raises InputError naming the file at fault."""
+    if not paths:
+        raise InputError("merge: no traces given")
+    out = Path(out)
+    resolved = [Path(p).resolve() for p in paths]
+    if out.resolve() in resolved:
+        raise InputError(f"{out}: the output would overwrite one of the traces being merged")
+    traces = [open_trace(p) for p in paths]
+    first = traces[0]
+    for key in MUST_AGREE:
+        for t in traces[1:]:
+            a, b = first.metadata.get(key), t.metadata.get(key)
+            if a != b:
+                raise InputError(f"{t.path}: {key} {_short(b)} differs from {_short(a)} in {first.path}: "
+                                 f"traces of another {_what(key)} cannot be merged")
+    owner: dict[str, Path] = {}
+    for t in traces:
+        for cid in t.case_ids:
+            if cid in owner:
+                raise InputError(f"{t.path}: case {cid!r} is also in {owner[cid]} (the same shard twice?)")
+            owner[cid] = t.path
+    order = list(owner)
+    if first.metadata.get("case_set"):
+        try:
+            order = json.loads(first.metadata["case_set"])
+            if not isinstance(order, list) or not all(isinstance(c, str) for c in order):
+                raise ValueError
+        except ValueError:
+            raise InputError(f"{first.path}: metadata 'case_set' is not a JSON list of case ids") from None
+        extra = [c for c in owner if c not in set(order)]
+        if extra:
+            raise InputError(f"{owner[extra[0]]}: case {extra[0]!r} is not in the case set the traces name")
+        missing = [c for c in order if c not in owner]
+        if missing:
+            raise InputError(f"merge: {len(missing)} of the case set's {len(order)} cases are in none of the "
+                             f"traces (first: {missing[0]!r}); give every shard")
+
+    meta = {k: v for k, v in first.metadata.items() if k not in _RECOMPUTED}
+    for key in sorted({k for t in traces for k in t.metadata} - set(MUST_AGREE) - set(_RECOMPUTED)):
+        values = list(dict.fromkeys(t.metadata[key] for t in traces if key in t.metadata))
+        if len(values) > 1:
+            meta[key] = " | ".join(values)  # e.g. shards run on different devices: say so
+    meta["shard"] = ""  # the whole case set again
+    meta["created_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    meta["merged_from"] = json.dumps([{"file": str(t.path), "shard": t.metadata.get("shard", ""),
+                                       "created_at": t.metadata.get("created_at", "")} for t in traces])
+    if all("low_margin" in t.metadata for t in traces):
+        low: dict[str, int] = {}
+        for t in traces:
+            try:
+                low.update({str(k): int(v) for k, v in json.loads(t.metadata["low_margin"]).items()})
+            except (ValueError, AttributeError):
+                raise InputError(f"{t.path}: metadata 'low_margin' is not a JSON object of counts") from None
+        low = {c: low[c] for c in order if c in low}
+        rows = sum(t.rows(c) for t in traces for c in t.case_ids)
+        meta["low_margin"] = json.dumps(low)
+        meta["confident_fraction"] = f"{(rows - sum(low.values())) / rows:.6f}"
+    return join_cases(out, meta, [(owner[c], c) for c in order])
+
+
+def _short(v: str | None) -> str:
+    if v is None:
+        return "(absent)"
+    return repr(v if len(v) <= 80 else v[:77] + "...")
+
+
+def _what(key: str) -> str:
+    return {"model": "model", "tokenizer_sha256": "tokenizer", "case_set": "case set",
+            "case_set_sha256": "case set", "dtype": "precision", "variant": "variant"}.get(key, "run")

@@ -1,0 +1,144 @@
+"""`flipgate oracle`: compute the teacher-forced oracle trace of a case set.
+
+Every option is declared once in `add_options` and resolved once in `oracle_options` (command
+line over the config file's `[oracle]` table over the library defaults): a new flag is one
+`add_argument` there plus one entry in `CONFIG_KEYS` if a config file may set it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from harness.cli import add_command
+
+# config key -> (type check, is a path relative to the config file)
+CONFIG_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "model": (str, True),
+    "cases": (str, True),
+    "out": (str, True),
+    "dtype": (str, False),
+    "device": (str, False),
+    "max_memory": ((str, dict), False),
+    "stepwise": (bool, False),
+    "min_margin": ((int, float), False),
+    "min_confident_fraction": ((int, float), False),
+    "batch_size": (int, False),
+    "trust_remote_code": (bool, False),
+}
+
+EXAMPLE = """\
+flipgate oracle --out oracle.safetensors            # bundled fixture model and cases, bf16, CPU
+flipgate oracle --model ~/models/Qwen3.6-27B --cases cases.jsonl --device auto \\
+    --max-memory 0=70GiB,cpu=100GiB --shard 0/4 --out oracle-0.safetensors --resume
+flipgate oracle --stepwise --dtype float32 --min-confident-fraction 0.5"""
+
+
+def register(sub) -> None:
+    p = add_command(
+        sub, "oracle", help="compute the teacher-forced oracle trace (Hugging Face model, bf16 by default)",
+        description="Compute the oracle trace: for each case, the greedy continuation unless the case gives "
+                    "one, then the scored rows from one causal forward pass (or token by token with "
+                    "--stepwise). Rows are written to OUT.parts/ as they are computed; --resume reuses them.",
+        example=EXAMPLE)
+    add_options(p)
+    p.set_defaults(func=run)
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    # defaults are None here so that a config file can supply them; oracle_options fills the rest
+    p.add_argument("--config", metavar="F", help="a flipgate.toml whose [oracle] table gives defaults "
+                   f"for these options ({', '.join(CONFIG_KEYS)})")
+    p.add_argument("--model", metavar="DIR_OR_ID", help="checkpoint folder or a hub id in the local cache "
+                   "(default: the bundled fixture model)")
+    p.add_argument("--cases", metavar="FILE", help="JSONL case file (default: the bundled case set)")
+    p.add_argument("--dtype", choices=("bfloat16", "float32", "float16"),
+                   help="precision of the oracle (default: bfloat16, the checkpoint's native precision)")
+    p.add_argument("--device", choices=("cpu", "cuda", "mps", "auto"),
+                   help="where to run (default: cpu); auto = accelerate's device_map: GPUs, then CPU, then disk")
+    p.add_argument("--max-memory", metavar="SPEC", help="with --device auto: per-device budget, e.g. 0=20GiB,cpu=60GiB")
+    p.add_argument("--out", metavar="TRACE", help="trace to write (default: oracle-<dtype>[-shard-i-of-n].safetensors)")
+    p.add_argument("--stepwise", action="store_true", default=None,
+                   help="compute rows token by token through the model's cache (S=1, as the device does)")
+    p.add_argument("--shard", metavar="I/N", help="compute every N-th case starting at I (0-based); join with flipgate merge")
+    p.add_argument("--resume", action="store_true", help="reuse the cases already written to OUT.parts/")
+    p.add_argument("--min-margin", type=float, metavar="M",
+                   help="probability margin below which a position is not confident (default: 0.1)")
+    p.add_argument("--min-confident-fraction", type=float, metavar="X",
+                   help="refuse the case set (exit 2, nothing written) if under X of its positions are confident")
+    p.add_argument("--batch-size", type=int, metavar="B",
+                   help="run up to B cases of equal length in one batch (default: 1, each case alone: "
+                        "batching can change the last bits of the rows)")
+    p.add_argument("--trust-remote-code", action="store_true", default=None,
+                   help="let transformers run the checkpoint's own modeling code (off by default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+
+
+def _config_table(path: str) -> tuple[dict, Path]:
+    import tomllib
+
+    from harness.errors import InputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such config file")
+    try:
+        with open(p, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{p}: malformed TOML ({e})") from None
+    table = data.get("oracle", {})
+    if not isinstance(table, dict):
+        raise InputError(f"{p}: 'oracle' must be a table ([oracle])")
+    for key, value in table.items():
+        if key not in CONFIG_KEYS:
+            raise InputError(f"{p}: [oracle] unknown key {key!r} (valid: {', '.join(CONFIG_KEYS)})")
+        kind, _ = CONFIG_KEYS[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise InputError(f"{p}: [oracle] {key} = {value!r} has the wrong type")
+    return table, p.parent
+
+
+def oracle_options(args) -> dict:
+    """The keyword arguments for oracles.hf.run_oracle: flags, then the config file, then defaults."""
+    from oracles.hf import DEFAULT_BATCH_SIZE, DEFAULT_MIN_MARGIN, VARIANTS
+
+    table, base = _config_table(args.config) if args.config else ({}, Path("."))
+    opts: dict = {}
+    for key, (_, is_path) in CONFIG_KEYS.items():
+        value = getattr(args, key, None)
+        if value is None and key in table:
+            value = table[key]
+            if is_path and not Path(value).is_absolute() and (key != "model" or (base / value).exists()):
+                value = str(base / value)  # paths in a config file are relative to it
+        opts[key] = value
+    defaults = {"dtype": "bfloat16", "device": "cpu", "stepwise": False, "min_margin": DEFAULT_MIN_MARGIN,
+                "batch_size": DEFAULT_BATCH_SIZE, "trust_remote_code": False}
+    for key, value in defaults.items():
+        if opts[key] is None:
+            opts[key] = value
+    if opts["out"] is None:
+        shard = f"-shard-{args.shard.replace('/', '-of-')}" if args.shard else ""
+        opts["out"] = f"oracle-{VARIANTS.get(opts['dtype'], opts['dtype'])}{shard}.safetensors"
+    opts.update(shard=args.shard, resume=args.resume, quiet=args.quiet)
+    return opts
+
+
+def run(args) -> int:
+    import sys
+
+    from oracles.hf import run_oracle
+
+    opts = oracle_options(args)
+    _quiet_libraries(opts["quiet"] or not sys.stderr.isatty())
+    run_oracle(**opts)
+    return 0
+
+
+def _quiet_libraries(no_bars: bool) -> None:
+    """transformers' kernel-fallback notices are not the user's business; its loading bar only on a terminal."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    if no_bars:
+        hf_logging.disable_progress_bar()
