@@ -150,7 +150,8 @@ class Recipe:
             listed = "; ".join(f"rule {r.name!r} (modules {r.modules!r}"
                                + (f", layers {list(r.layers)}" if r.layers is not None else "") + ")"
                                for r in unmatched)
-            sample = ", ".join(linear_names[:6]) + (", ..." if len(linear_names) > 6 else "")
+            shapes = list(dict.fromkeys(re.sub(r"\.\d+\.", ".N.", n) for n in linear_names))
+            sample = ", ".join(shapes[:24]) + (", ..." if len(shapes) > 24 else "")
             raise InputError(f"recipe {self.name!r} ({self.source}): the model's architecture does not fit: "
                              f"{listed} matched no module, or only modules an earlier rule decides "
                              f"(its Linear modules: {sample or 'none'})")
@@ -181,7 +182,7 @@ def load_recipes(path: str | os.PathLike | None = None) -> dict[str, Recipe]:
     """The bundled recipes, plus (replacing any of the same name) those of the file at `path`."""
     recipes = _load_file(bundled_recipes_path())
     if path is not None:
-        recipes.update(_load_file(Path(path)))
+        recipes.update(_load_file(Path(path), known=dict(recipes)))
     return recipes
 
 
@@ -194,37 +195,35 @@ def get_recipe(name: str, path: str | os.PathLike | None = None) -> Recipe:
                          + ("" if path is None else f" (bundled recipes plus {path})")) from None
 
 
-def parse_recipes(text: str, source: str = "<string>") -> dict[str, Recipe]:
+def parse_recipes(text: str, source: str = "<string>", known: dict[str, Recipe] | None = None
+                  ) -> dict[str, Recipe]:
+    """The [recipes.NAME] tables of a TOML text. Other top-level tables are left alone: a
+    flipgate.toml holds recipes beside [gates.*] and [oracle]. `extends` may name a recipe of
+    the same text or one of `known` (the bundled ones)."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{source}: malformed TOML ({e})") from None
     fmt = doc.get("format")
-    if fmt is not None and fmt != FORMAT:
+    if isinstance(fmt, str) and fmt.startswith("flipgate.recipes/") and fmt != FORMAT:
         raise InputError(f"{source}: unknown format {fmt!r} (this flipgate reads {FORMAT!r})")
-    extra = sorted(set(doc) - {"format", "recipes"})
-    if extra:
-        raise InputError(f"{source}: unknown top-level key {extra[0]!r} (expected 'format' and [recipes.NAME] tables)")
-    raw = doc.get("recipes")
-    if not isinstance(raw, dict) or not raw:
-        raise InputError(f"{source}: no [recipes.NAME] tables")
-    out: dict[str, Recipe] = {}
-    for name in raw:
-        out[name] = _build(name, raw, source, ())
-    return out
+    raw = doc.get("recipes", {})
+    if not isinstance(raw, dict):
+        raise InputError(f"{source}: 'recipes' must be a table of [recipes.NAME] tables")
+    return {name: _build(name, raw, source, (), known or {}) for name in raw}
 
 
-def _load_file(path: Path) -> dict[str, Recipe]:
+def _load_file(path: Path, known: dict[str, Recipe] | None = None) -> dict[str, Recipe]:
     if not path.is_file():
         raise InputError(f"{path}: no such recipe file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    return parse_recipes(text, str(path))
+    return parse_recipes(text, str(path), known)
 
 
-def _build(name: str, raw: dict, source: str, chain: tuple[str, ...]) -> Recipe:
+def _build(name: str, raw: dict, source: str, chain: tuple[str, ...], known: dict[str, Recipe]) -> Recipe:
     where = f"{source}: recipe {name!r}"
     if name in chain:
         raise InputError(f"{where}: 'extends' forms a cycle ({' -> '.join(chain + (name,))})")
@@ -240,20 +239,26 @@ def _build(name: str, raw: dict, source: str, chain: tuple[str, ...]) -> Recipe:
     bad = sorted(set(defaults) - set(SPEC_KEYS))
     if bad:
         raise InputError(f"{where}: defaults: unknown key {bad[0]!r} (valid: {', '.join(SPEC_KEYS)})")
-    rules_raw = body.get("rules")
+    rules_raw = body.get("rules", [] if "extends" in body else None)
     if not isinstance(rules_raw, list):
         raise InputError(f"{where}: 'rules' must be an array of tables (an empty array quantizes nothing)")
     rules = [_rule(r, i, defaults, where) for i, r in enumerate(rules_raw)]
-    parent = body.get("extends")
-    if parent is not None:
-        if not isinstance(parent, str) or parent not in raw:
-            raise InputError(f"{where}: extends {parent!r}, which is not a recipe of this file "
-                             f"(recipes: {', '.join(raw)})")
-        rules.extend(_build(parent, raw, source, chain + (name,)).rules)
     names = [r.name for r in rules]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise InputError(f"{where}: two rules are named {dup[0]!r} (names must be unique, 'extends' included)")
+        raise InputError(f"{where}: two rules are named {dup[0]!r} (rule names must be unique)")
+    parent = body.get("extends")
+    if parent is not None:
+        # a recipe may extend the bundled recipe of its own name (add rules in front of it)
+        if isinstance(parent, str) and parent in raw and parent != name:
+            inherited = _build(parent, raw, source, chain + (name,), known).rules
+        elif isinstance(parent, str) and parent in known:
+            inherited = known[parent].rules
+        else:
+            raise InputError(f"{where}: extends {parent!r}, which is not a known recipe "
+                             f"(recipes: {', '.join(dict.fromkeys([*raw, *known]))})")
+        # a rule of the same name replaces the inherited one
+        rules.extend(r for r in inherited if r.name not in names)
     desc = body.get("description", "")
     if not isinstance(desc, str):
         raise InputError(f"{where}: 'description' must be a string")

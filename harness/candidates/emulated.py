@@ -278,12 +278,18 @@ class EmulatedCandidate:
 
 def emulated_candidate(variant: str, *, model: str | os.PathLike | None = None,
                        recipes: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
-                       mode: str = "fast", full: bool = False, **_other) -> EmulatedCandidate:
+                       mode: str = "fast", full: bool = False, vocab_size: int | None = None,
+                       **_other) -> EmulatedCandidate:
     """The default runner of `harness.candidates.resolve`: `variant` names a recipe (bundled, or in
-    the recipe file `recipes` / `config`); `model` is the checkpoint folder (default: the fixture)."""
+    the recipe file `recipes` / `config`); `model` is the checkpoint folder (default: the fixture);
+    `vocab_size`, when given, is the oracle's, which the model's head must match."""
     _check_mode(mode)
     recipe = get_recipe(variant, recipes or config)
-    return EmulatedCandidate(recipe, resolve_model_dir(model), mode=mode, full=bool(full))
+    candidate = EmulatedCandidate(recipe, resolve_model_dir(model), mode=mode, full=bool(full))
+    if vocab_size is not None and int(vocab_size) != candidate.vocab_size:
+        raise InputError(f"{candidate.model_dir}: vocab_size {candidate.vocab_size} differs from the oracle's "
+                         f"{int(vocab_size)}: not the oracle's model")
+    return candidate
 
 
 __all__ = ["EmulatedCandidate", "emulated_candidate", "quantized_model", "apply_plan", "prepare_coreai_opt",

@@ -1,0 +1,152 @@
+"""`flipgate capture`: run a candidate on the oracle's token sequences and write its trace."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from ..cli import add_command
+
+EXAMPLE = """\
+flipgate capture int8hu --oracle oracle.safetensors --out int8hu.safetensors
+flipgate capture int4lin --oracle oracle.safetensors --mode coreai-opt      # coreai-opt eager itself
+flipgate capture my-int6 --config recipes.toml --model ~/models/Qwen3.6-27B --oracle oracle.safetensors
+flipgate capture fp16 --cases cases.jsonl --full --out fp16.safetensors      # no oracle trace yet
+flipgate capture coreai:~/bundles/Qwen3.6-27B-int8hu --oracle oracle.safetensors   # on macOS"""
+
+DESCRIPTION = """\
+Run the candidate SPEC teacher-forced and write its flipgate.trace/1 file. SPEC is a variant
+(a recipe name: fp16, int8lin, int8hu, int4lin, mixed, mixed-edge, or one from --config), or a
+runner prefix: coreai:BUNDLE_DIR, coreai-python:BUNDLE_DIR, trace:FILE.
+
+Token sequences: --oracle TRACE (the normal path) takes each case's tokens and scored rows from
+the oracle's trace, so the candidate is scored on exactly the oracle's positions. --cases FILE
+takes them from a case file instead: a case's given continuation is scored as is, and a case
+without one gets the bf16 oracle's greedy continuation (computed here with the model). With
+neither, the bundled case set is used that way.
+
+An emulated variant loads the model in fp16, applies the recipe with Apple's quantizer
+(--mode fast: each weight quantized once, bit-identical to --mode coreai-opt, coreai-opt's eager
+fake quantization, and several times faster) and feeds the tokens one at a time through the
+model's cache (S=1, as the device decodes). --full computes the rows in one causal pass instead:
+faster, less faithful to the device. Rows holding Inf/NaN (fp16 overflow) are kept and reported
+here; the gate counts them invalid."""
+
+
+def register(sub) -> None:
+    p = add_command(sub, "capture", help="run a candidate (emulated variant or Core AI bundle) and write its trace",
+                    description=DESCRIPTION, example=EXAMPLE)
+    p.add_argument("spec", metavar="SPEC", help="variant (recipe name) or runner:ARG, e.g. int8hu, coreai:DIR")
+    p.add_argument("--config", metavar="F", help="a recipe file (TOML, e.g. flipgate.toml) adding to the bundled recipes")
+    p.add_argument("--model", metavar="DIR", help="the fp16/bf16 checkpoint folder (default: the bundled fixture model)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--oracle", metavar="TRACE", help="take token sequences and scored rows from this oracle trace")
+    src.add_argument("--cases", metavar="FILE", help="take them from this case file (JSONL; default: the bundled cases)")
+    p.add_argument("--out", metavar="TRACE", help="trace to write (default: candidate-SPEC.safetensors)")
+    p.add_argument("--full", action="store_true", help="one causal pass per case instead of S=1 steps (emulated)")
+    p.add_argument("--mode", choices=("fast", "coreai-opt"), default="fast",
+                   help="emulated quantization: fast (materialized weights, default) or coreai-opt (eager)")
+    p.add_argument("--quiet", action="store_true", help="print only warnings and errors")
+    p.set_defaults(func=run)
+
+
+def _say(args, msg: str) -> None:
+    if not args.quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def default_out(spec: str) -> str:
+    return f"candidate-{re.sub(r'[^A-Za-z0-9_.-]+', '_', spec).strip('_') or 'spec'}.safetensors"
+
+
+class _Watched:
+    """A candidate whose cases are counted as they stream: progress, and rows holding Inf/NaN."""
+
+    def __init__(self, candidate, total: int, say):
+        self._c = candidate
+        self.runner, self.variant = candidate.runner, candidate.variant
+        self.total, self.say = total, say
+        self.rows = 0
+        self.nonfinite: dict[str, int] = {}
+
+    def metadata(self) -> dict[str, str]:
+        return self._c.metadata()
+
+    def run(self, sequences):
+        import numpy as np
+
+        for i, case in enumerate(self._c.run(sequences), start=1):
+            bad = int((~np.isfinite(np.asarray(case.logits, dtype=np.float32))).any(axis=1).sum())
+            if bad:
+                self.nonfinite[case.case_id] = bad
+            self.rows += case.rows
+            self.say(f"  [{i}/{self.total}] {case.case_id}: {case.rows} rows" + (f", {bad} with Inf/NaN" if bad else ""))
+            yield case
+
+
+def sequences_from_cases(cases_path, model_dir, say):
+    """Sequences from a case file: given continuations as they are, the rest the bf16 oracle's greedy."""
+    import numpy as np
+
+    from ..candidates.base import Sequence
+    from ..cases import load_cases, tokenize_case
+    from ..models import load_tokenizer
+
+    case_set = load_cases(cases_path)
+    tok = load_tokenizer(model_dir)
+    cases = [tokenize_case(spec, tok) for spec in case_set]
+    todo = [c for c in cases if c.continuation_ids is None]
+    if todo:
+        from oracles.hf import HFOracle
+
+        oracle = HFOracle(model_dir, dtype="bfloat16")
+        for c in cases:
+            oracle.check_case(c)
+        say(f"continuations: bf16 oracle greedy for {len(todo)} of {len(cases)} cases")
+        cases = oracle.complete(cases)
+    return [Sequence(c.id, np.asarray(c.input_ids, dtype=np.int64), len(c.continuation_ids)) for c in cases]
+
+
+def run(args) -> int:
+    import time
+
+    from ..candidates import capture_to_trace, resolve, sequences_from_trace
+    from ..errors import InputError
+    from ..models import model_provenance, read_config, resolve_model_dir, tokenizer_sha256
+    from ..trace import open_trace
+
+    say = lambda msg: _say(args, msg)  # noqa: E731
+    model_dir = resolve_model_dir(args.model)
+    model_tok = tokenizer_sha256(model_dir)
+    options = {"model": str(model_dir), "recipes": args.config, "mode": args.mode, "full": args.full}
+    if args.oracle:
+        oracle = open_trace(args.oracle)
+        if oracle.tokenizer_sha256 and model_tok and oracle.tokenizer_sha256 != model_tok:
+            raise InputError(f"{args.oracle}: the oracle was made with another tokenizer than {model_dir}'s "
+                             f"(tokenizer.json sha256 differs): its token ids mean other text for this model")
+        sequences = sequences_from_trace(oracle)
+        vocab = oracle.vocab_size
+        options["vocab_size"] = vocab
+        say(f"sequences: {len(sequences)} cases from {args.oracle}")
+    else:
+        sequences = sequences_from_cases(args.cases, model_dir, say)
+        cfg = read_config(model_dir)
+        vocab = (cfg.get("text_config") or cfg).get("vocab_size")
+    candidate = resolve(args.spec, **options)
+    vocab = getattr(candidate, "vocab_size", None) or vocab
+    out = args.out or default_out(args.spec)
+    decode = ("one pass" if args.full else "S=1 stepwise") if candidate.runner == "emulated" else candidate.runner
+    say(f"{args.spec}: {candidate.runner} {candidate.variant} ({decode}"
+        + (f", {args.mode}" if candidate.runner == "emulated" else "") + f") -> {out}")
+    watched = _Watched(candidate, len(sequences), say)
+    t0 = time.perf_counter()
+    capture_to_trace(watched, sequences, out, vocab_size=int(vocab), model=model_provenance(model_dir),
+                     tokenizer_sha256=model_tok)
+    took = time.perf_counter() - t0
+    say(f"wrote {out}: {len(sequences)} cases, {watched.rows} rows in {took:.1f} s")
+    if watched.nonfinite:
+        bad = sum(watched.nonfinite.values())
+        where = ", ".join(f"{c} ({n})" for c, n in watched.nonfinite.items())
+        print(f"flipgate capture: warning: {bad} of {watched.rows} rows hold Inf/NaN (fp16 overflow?) in "
+              f"{where}; the gate counts them invalid", file=sys.stderr)
+    return 0
