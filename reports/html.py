@@ -18,7 +18,7 @@ from typing import Mapping
 
 from .escape import html_text as h
 from .escape import visible
-from .model import (CLASSES, COMPARISON_COLUMNS, COMPARISON_HEADERS, SIGNOFF_FIELDS, Report, comparison_row,
+from .model import (CLASSES, COMPARISON_COLUMNS, FLIP_KINDS, case_spans, COMPARISON_HEADERS, SIGNOFF_FIELDS, Report, comparison_row,
                     flip_cells, flip_headers, flip_row, flips, made_line, margin_space_note, one_line, policy_items,
                     notes, position_anchor, position_grid, provenance_items, reasons, subject_provenance,
                     summary_extras, fmt)
@@ -179,13 +179,9 @@ def _matrix(report: Report, beside: Mapping[str, str]) -> str:
     keys, grid = position_grid(report.verdicts)
     listed = {v["gate"]: {(str(p["case"]), int(p["row"])) for p in flips(v, report.all_positions)}
               for v in report.flip_verdicts}
-    firsts = {i for i, k in enumerate(keys) if i == 0 or keys[i - 1][0] != k[0]}
-    spans = []
-    for i, (case, _row) in enumerate(keys):
-        if i in firsts:
-            spans.append([case, 0])
-        spans[-1][1] += 1
-    case_head = "".join(f'<th class="case" colspan="{n}">{h(visible(case))}</th>' for case, n in spans)
+    spans = case_spans(keys)
+    firsts = {lo for _case, lo, _hi in spans}
+    case_head = "".join(f'<th class="case" colspan="{hi - lo + 1}">{h(visible(case))}</th>' for case, lo, hi in spans)
     rows = []
     for v, cells in zip(report.verdicts, grid):
         tds = []
@@ -255,19 +251,18 @@ def _flip_section(report: Report) -> str:
         rows = []
         for p in shown:
             r = flip_row(v, p)
-            cells = flip_cells(r)
             tds = []
-            for i, c in enumerate(cells):
-                if i == 2:
+            for kind, c in zip(FLIP_KINDS, flip_cells(r)):
+                if kind == "context":
                     tds.append(f'<td class="ctx">{h(c)}</td>')
-                elif i in (3, 4, 6, 9, 11):
-                    tds.append(f'<td class="tokcell"><span class="tok">{h(c)}</span></td>' if c != "—" else "<td>—</td>")
-                elif i == 13:
+                elif kind == "token" and c != "—":
+                    tds.append(f'<td class="tokcell"><span class="tok">{h(c)}</span></td>')
+                elif kind == "class":
                     tds.append(f'<td class="cls"><i class="swatch cls-bg-{r.cls}"></i> {h(c)}</td>')
-                elif i == 0:
-                    tds.append(f"<td>{h(c)}</td>")
-                else:
+                elif kind == "num":
                     tds.append(f'<td class="num">{h(c)}</td>')
+                else:
+                    tds.append(f"<td>{h(c)}</td>")
             rows.append(f'<tr id="{r.anchor}" class="cls-{r.cls}" data-class="{r.cls}">{"".join(tds)}</tr>')
         parts.append(f'<div class="scroll"><table class="flips" data-gate="{h(visible(v["gate"]))}"><thead><tr>{head}'
                      f'</tr></thead><tbody>{"".join(rows)}</tbody></table></div>')

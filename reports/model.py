@@ -273,6 +273,11 @@ def flip_headers(v: Mapping) -> tuple[str, ...]:
             "KL", "oracle top-1 rank in candidate")
 
 
+# What each flip column holds, so a renderer can style it: text, context, token, num, class.
+FLIP_KINDS = ("text", "num", "context", "token", "token", "num", "token", "num", "num", "token", "num", "token",
+              "num", "class", "num", "num", "num")
+
+
 def flip_cells(r: "FlipRow") -> tuple[str, ...]:
     """The cells of one flip row, in flip_headers order (visible text, not yet medium-escaped)."""
     return (r.case, f"{r.row}/{r.position}", r.context, r.target, r.oracle_top1, r.oracle_top1_prob,
@@ -326,6 +331,17 @@ def position_keys(verdicts: list[Mapping]) -> list[tuple[str, int]]:
                 seen.add(k)
                 keys.append(k)
     return keys
+
+
+def case_spans(keys: list[tuple[str, int]]) -> list[tuple[str, int, int]]:
+    """(case, first column, last column) runs of one case along the position axis."""
+    spans: list[tuple[str, int, int]] = []
+    for i, (case, _row) in enumerate(keys):
+        if spans and spans[-1][0] == case and spans[-1][2] == i - 1:
+            spans[-1] = (case, spans[-1][1], i)
+        else:
+            spans.append((case, i, i))
+    return spans
 
 
 def position_grid(verdicts: list[Mapping]) -> tuple[list[tuple[str, int]], list[list[Mapping | None]]]:

@@ -19,7 +19,7 @@ import math
 from typing import Mapping
 
 from .escape import visible
-from .model import CLASSES, margin_space, num, position_grid
+from .model import CLASSES, case_spans, margin_space, num, position_grid
 
 CLASS_COLOURS = {
     "match": "#cfe8cf",
@@ -59,19 +59,8 @@ def _width(n_positions: int) -> float:
     return min(18.0, max(7.0, 3.0 + 0.12 * n_positions))
 
 
-def _case_spans(keys: list[tuple[str, int]]) -> list[tuple[str, int, int]]:
-    """(case, first column, last column) runs along the position axis."""
-    spans: list[tuple[str, int, int]] = []
-    for i, (case, _row) in enumerate(keys):
-        if spans and spans[-1][0] == case and spans[-1][2] == i - 1:
-            spans[-1] = (case, spans[-1][1], i)
-        else:
-            spans.append((case, i, i))
-    return spans
-
-
 def _mark_cases(ax, keys, *, label_y: float | None = None) -> None:
-    spans = _case_spans(keys)
+    spans = case_spans(keys)
     for case, lo, hi in spans:
         if lo > 0:
             ax.axvline(lo - 0.5, color="#999999", lw=0.6, ls=":")
@@ -171,14 +160,15 @@ def matrix_plot(verdicts: list[Mapping]) -> bytes:
     ax.imshow(cells, cmap=cmap, vmin=-0.5, vmax=missing + 0.5, aspect="auto", interpolation="nearest")
     ax.set_yticks(range(len(verdicts)))
     ax.set_yticklabels([_label(v["gate"])[:20] for v in verdicts], fontsize=8)
-    ax.set_xticks([x - 0.5 for x in range(len(keys) + 1)], minor=True)
-    ax.set_yticks([y - 0.5 for y in range(len(verdicts) + 1)], minor=True)
-    ax.grid(which="minor", color="white", lw=0.6)
-    ax.tick_params(which="minor", length=0)
+    # Cell borders as two line collections: minor ticks would build one Tick object per position.
+    n, m = len(keys), len(verdicts)
+    ax.vlines([x - 0.5 for x in range(n + 1)], -0.5, m - 0.5, colors="white", lw=0.6 if n <= 200 else 0.2)
+    ax.hlines([y - 0.5 for y in range(m + 1)], -0.5, n - 0.5, colors="white", lw=0.6)
     _mark_cases(ax, keys)
-    for case, lo, _hi in _case_spans(keys):
+    spans = case_spans(keys)
+    for case, lo, _hi in spans:
         if lo > 0:
-            ax.axvline(lo - 0.5, color="#333333", lw=1.2)
+            ax.axvline(lo - 0.5, color="#333333", lw=1.2 if len(spans) <= 40 else 0.5)
     ax.set_title("Position matrix: gates × scored positions, coloured by class")
     present = sorted({c for row in cells for c in row})
     handles = [Patch(facecolor=(CLASS_COLOURS[CLASSES[c]] if c < missing else MISSING_COLOUR), edgecolor="#666666",
