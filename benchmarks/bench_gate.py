@@ -93,6 +93,8 @@ def _peak_rss() -> int:
 
 
 def worker(mode: str, paths: dict[str, Path], workers: int | None = None) -> dict:
+    from gates.engine import GateJob, evaluate_many
+    from gates.policy import GatePolicy
     from harness.trace import open_trace
 
     t0 = time.perf_counter()
@@ -104,9 +106,6 @@ def worker(mode: str, paths: dict[str, Path], workers: int | None = None) -> dic
                 acc += float(t.case(cid).logits.sum())
         extra = {"checksum": acc}
     else:
-        from gates.engine import GateJob, evaluate_many
-        from gates.policy import GatePolicy
-
         oracle = open_trace(paths["oracle"])
         control = open_trace(paths["control"])
         jobs = [GateJob(GatePolicy(name=r, candidate=r, control="control", min_cosine=0.9), open_trace(paths[r]),
@@ -118,6 +117,12 @@ def worker(mode: str, paths: dict[str, Path], workers: int | None = None) -> dic
     wall = time.perf_counter() - t0
     peak = _peak_rss()
     return {"mode": mode, "wall_s": wall, "peak_bytes": peak, **extra}
+
+
+def _default_workers(workers: int | None) -> int:
+    from gates.engine import MAX_WORKERS
+
+    return workers if workers is not None else min(os.cpu_count() or 1, MAX_WORKERS)
 
 
 def _spawn(mode: str, paths: dict[str, Path], workers: int | None = None) -> dict:
@@ -150,23 +155,24 @@ def main() -> int:
     paths = make_traces(Path(args.workdir), args.positions, args.rows, args.vocab)
     nbytes = _logit_bytes(paths)
     _spawn("baseline", paths)  # warm the page cache
-    runs = {"baseline": [], "engine": []}
+    # the engine single-threaded, and with its default threads (or --workers)
+    engines = {"engine, 1 thread": 1, f"engine, {_default_workers(args.workers)} threads": args.workers}
+    runs: dict[str, list[dict]] = {"baseline (read + sum)": []} | {k: [] for k in engines}
     for _ in range(args.repeats):
-        for mode in ("baseline", "engine"):
-            runs[mode].append(_spawn(mode, paths, args.workers))
-    base = statistics.median(r["wall_s"] for r in runs["baseline"])
-    eng = statistics.median(r["wall_s"] for r in runs["engine"])
-    peak = max(r["peak_bytes"] for r in runs["engine"])
-    peak_base = max(r["peak_bytes"] for r in runs["baseline"])
-    print(f"logits read per pass: {nbytes / 1e9:.3f} GB")
-    print(f"{'':24s}{'wall (median)':>14s}{'GB/s':>8s}{'peak RSS':>11s}")
-    print(f"{'baseline (read + sum)':24s}{base:13.2f}s{nbytes / base / 1e9:8.2f}{peak_base / 2**20:9.0f} MB")
-    print(f"{'engine (3 gates)':24s}{eng:13.2f}s{nbytes / eng / 1e9:8.2f}{peak / 2**20:9.0f} MB")
-    print(f"ratio baseline/engine: {base / eng:.2f}  (goal >= 0.3, stretch 0.5)")
-    print(f"engine peak memory: {peak / 2**20:.0f} MB  (goal <= 512 MB)")
-    print("runs (s): baseline " + ", ".join(f"{r['wall_s']:.2f}" for r in runs["baseline"])
-          + "; engine " + ", ".join(f"{r['wall_s']:.2f}" for r in runs["engine"]))
-    for line in runs["engine"][-1]["verdicts"]:
+        runs["baseline (read + sum)"].append(_spawn("baseline", paths))
+        for label, workers in engines.items():
+            runs[label].append(_spawn("engine", paths, workers))
+    wall = {k: statistics.median(r["wall_s"] for r in v) for k, v in runs.items()}
+    peak = {k: max(r["peak_bytes"] for r in v) for k, v in runs.items()}
+    base = wall["baseline (read + sum)"]
+    print(f"logits read per pass: {nbytes / 1e9:.3f} GB (5 traces, float16); median of {args.repeats} runs each")
+    print(f"{'':26s}{'wall':>9s}{'GB/s':>8s}{'ratio':>8s}{'peak RSS':>11s}")
+    for k in runs:
+        print(f"{k:26s}{wall[k]:8.2f}s{nbytes / wall[k] / 1e9:8.3f}{base / wall[k]:8.2f}{peak[k] / 2**20:8.0f} MB")
+    print("ratio = baseline time / time (goal >= 0.3, stretch 0.5); engine peak memory goal <= 512 MB")
+    for k, v in runs.items():
+        print(f"  {k}: " + ", ".join(f"{r['wall_s']:.2f}s" for r in v))
+    for line in runs[next(iter(engines))][-1]["verdicts"]:
         print("  " + line)
     return 0
 

@@ -143,3 +143,28 @@ def test_gates_never_import_torch():
             "assert 'torch' not in sys.modules, 'torch imported'\n"
             "assert 'transformers' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tokenizer_fills_the_text_fields_and_its_hash_is_checked(tmp_path, scenario, capsys):
+    from tokenizers import Tokenizer
+
+    from harness.models import fixture_model_path, tokenizer_sha256
+
+    model = fixture_model_path()
+    if not (model / "tokenizer.json").is_file():
+        pytest.skip("the bundled fixture tokenizer is not there")
+    digest = tokenizer_sha256(model)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 2048)).astype(np.float32)
+    ids = np.concatenate([[300, 301, 302], np.argmax(logits, axis=1)])
+    meta = base_metadata(runner="t", variant="fp16", vocab_size=2048, tokenizer_sha256=digest)
+    op = write_trace(tmp_path / "o.safetensors", meta, [CaseTrace("a", ids, logits)])
+    out = tmp_path / "v.json"
+    assert _gate("fp16", "--oracle", op, "--candidate", op, "--tokenizer", model, "--json", out) == 0
+    tok = Tokenizer.from_file(str(model / "tokenizer.json"))
+    p = json.loads(out.read_text())["positions"][1]
+    assert p["target_text"] == tok.decode([int(ids[4])], skip_special_tokens=False)
+    assert p["context_text"] == tok.decode([int(i) for i in ids[:4]], skip_special_tokens=False)
+    capsys.readouterr()
+    assert _gate("fp16", "--oracle", scenario["oracle"], "--candidate", scenario["fp16"], "--tokenizer", model) == 2
+    assert "is not the tokenizer of" in capsys.readouterr().err
