@@ -18,10 +18,10 @@ from typing import Mapping
 
 from .escape import html_text as h
 from .escape import visible
-from .model import (CLASSES, COMPARISON_COLUMNS, FLIP_KINDS, case_spans, COMPARISON_HEADERS, SIGNOFF_FIELDS, Report, comparison_row,
-                    flip_cells, flip_headers, flip_row, flips, made_line, margin_space_note, one_line, policy_items,
-                    notes, position_anchor, position_grid, provenance_items, reasons, subject_provenance,
-                    summary_extras, fmt)
+from .model import (CLASSES, COMPARISON_COLUMNS, COMPARISON_HEADERS, FLIP_KINDS, SIGNOFF_FIELDS, Report, case_spans,
+                    comparison_row, flip_cells, flip_headers, flip_row, flips, fmt, made_line, margin_space_note, notes,
+                    one_line, policy_items, position_anchor, position_grid, provenance_items, reasons,
+                    subject_provenance, summary_extras)
 from .plots import CLASS_COLOURS, PLOTS
 
 _CSS = """
