@@ -53,7 +53,10 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 td.tokcell { min-width: 7em; max-width: 14em; }
 .ctx { font-family: ui-monospace, "SF Mono", Menlo, Consolas, monospace; white-space: pre-wrap;
        overflow-wrap: anywhere; color: #475467; min-width: 12em; max-width: 22em; }
+td.cls { white-space: nowrap; }
 tr.cls-defect td.cls, tr.cls-invalid td.cls { color: var(--fail); font-weight: 600; }
+#provenance-table td:last-child { font-family: ui-monospace, "SF Mono", Menlo, Consolas, monospace; font-size: 12px;
+                                  overflow-wrap: anywhere; }
 tr:target { outline: 3px solid #f79009; }
 table.matrix td { min-width: 20px; height: 22px; padding: 0; border: 1px solid white; }
 table.matrix td a { display: block; width: 100%; height: 100%; }
