@@ -47,32 +47,29 @@ def render(report: Report, fmt: str, *, plots: Mapping[str, bytes] | None = None
     raise InputError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
 
 
+def _write_plots(report: Report, path_of: Callable[[str], Path]) -> tuple[dict[str, bytes], dict[str, Path]]:
+    """Draw the plots and write each as a PNG file at path_of(name)."""
+    plots = render_plots(report.verdicts)
+    paths = {name: path_of(name) for name in plots}
+    for name, png in plots.items():
+        write_bytes_atomic(paths[name], png)
+    return plots, paths
+
+
 def write_report(path: str | os.PathLike, report: Report, fmt: str) -> list[Path]:
-    """Write one report file; for HTML also its plots as PNG files beside it (`<stem>.<plot>.png`)."""
+    """Write one report file; HTML and Markdown get the plots as PNG files beside (`<stem>.<plot>.png`)."""
     dest = Path(path)
-    written = []
-    beside: dict[str, str] = {}
-    plots = None
+    plots, pngs = None, {}
     if fmt in ("html", "md"):
-        plots = render_plots(report.verdicts)
-        for name, png in plots.items():
-            png_path = dest.with_name(f"{dest.stem}.{name}.png")
-            write_bytes_atomic(png_path, png)
-            beside[name] = png_path.name
-            written.append(png_path)
-    write_text_atomic(dest, render(report, fmt, plots=plots, beside=beside))
-    return [dest] + written
+        plots, pngs = _write_plots(report, lambda name: dest.with_name(f"{dest.stem}.{name}.png"))
+    write_text_atomic(dest, render(report, fmt, plots=plots, beside={k: p.name for k, p in pngs.items()}))
+    return [dest, *pngs.values()]
 
 
 def write_folder(folder: Path, report: Report, stem: str, formats=("html", "md", "json", "csv")) -> dict[str, Path]:
     """Every format into `folder` as `<stem>.<ext>`, with the plots as `<plot>.png`."""
-    plots = render_plots(report.verdicts)
-    out: dict[str, Path] = {}
-    beside = {}
-    for name, png in plots.items():
-        out[name] = folder / f"{name}.png"
-        write_bytes_atomic(out[name], png)
-        beside[name] = out[name].name
+    plots, out = _write_plots(report, lambda name: folder / f"{name}.png")
+    beside = {k: p.name for k, p in out.items()}
     for fmt in formats:
         out[fmt] = folder / f"{stem}.{fmt}"
         write_text_atomic(out[fmt], render(report, fmt, plots=plots, beside=beside))
@@ -131,24 +128,19 @@ def signoff_document(report: Report) -> dict:
     }
 
 
+def _publish(report_dir, prefix: str, report: Report, stem: str, formats) -> tuple[Path, dict[str, Path]]:
+    files: dict[str, Path] = {}
+    folder = publish_folder(report_dir, prefix, lambda tmp: files.update(write_folder(tmp, report, stem, formats)))
+    return folder, {k: folder / p.name for k, p in files.items()}
+
+
 def write_comparison(report_dir: str | os.PathLike, report: Report) -> tuple[Path, dict[str, Path]]:
     """A comparison folder: comparison.{html,md,json,csv} and the plots, under a new timestamped name."""
-    files: dict[str, Path] = {}
-
-    def build(tmp: Path) -> None:
-        files.update(write_folder(tmp, report, "comparison"))
-
-    folder = publish_folder(report_dir, "compare", build)
-    return folder, {k: folder / p.name for k, p in files.items()}
+    return _publish(report_dir, "compare", report, "comparison", ("html", "md", "json", "csv"))
 
 
 def write_signoff(report_dir: str | os.PathLike, report: Report) -> tuple[Path, dict[str, Path]]:
     """A sign-off folder: signoff.{html,md,json} and the plots, under a new timestamped name."""
-    assert report.subject is not None
-    files: dict[str, Path] = {}
-
-    def build(tmp: Path) -> None:
-        files.update(write_folder(tmp, report, "signoff", formats=("html", "md", "json")))
-
-    folder = publish_folder(report_dir, f"signoff-{safe_name(report.subject)}", build)
-    return folder, {k: folder / p.name for k, p in files.items()}
+    if report.subject is None:
+        raise ValueError("a sign-off report names its subject gate (build_report(..., subject=NAME))")
+    return _publish(report_dir, f"signoff-{safe_name(report.subject)}", report, "signoff", ("html", "md", "json"))
