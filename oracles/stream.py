@@ -71,6 +71,31 @@ def fmt_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc only; elsewhere a no-op).
+
+    A freed layer's tensors sit in glibc's heap, which keeps them unless asked: without this the
+    resident set grows by ~half a layer per layer (measured in benchmarks/bench_stream_oracle.py),
+    and peak memory would be bounded by the model again, not by one layer.
+    """
+    global _TRIM
+    if _TRIM is None:
+        _TRIM = False
+        try:
+            import ctypes
+            import ctypes.util
+
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _TRIM = getattr(libc, "malloc_trim", False)
+        except (OSError, AttributeError):
+            pass
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident set so far (Linux reports KiB, macOS bytes)."""
     import sys
@@ -482,9 +507,11 @@ class StreamedOracle:
 
     def run(self, sequences: Iterable[Sequence]) -> Iterator[CaseTrace]:
         import torch
-        import torch.nn.functional as F
+        from torch import nn
 
         seqs = list(sequences)
+        if not seqs:
+            return
         for s in seqs:
             ids = np.asarray(s.input_ids)
             if ids.ndim != 1 or s.rows < 1 or s.rows > ids.shape[0] - 1:
@@ -498,7 +525,10 @@ class StreamedOracle:
                  + (f" of --max-memory {fmt_bytes(self.max_memory)}" if self.max_memory else ""))
         f32 = torch.float32
         groups = self.groups(seqs)
-        with torch.inference_mode():
+        # no_grad, not inference_mode: weights made under inference_mode are inference tensors, and
+        # torch routes a matmul with them (as with any weight that does not require grad) through
+        # another kernel path than a loaded model's Parameters -- other last bits.
+        with torch.no_grad():
             t0 = time.perf_counter()
             hidden, layer_args = [], []
             for g in groups:
@@ -525,6 +555,7 @@ class StreamedOracle:
                     out = layer(hidden[k], *args, **kwargs)
                     hidden[k] = out[0] if isinstance(out, tuple) else out
                 layer.to("meta")  # drop this layer's weights before the next one is read
+                release_freed_memory()
                 st.compute_seconds += time.perf_counter() - t1
                 st.per_layer_seconds.append(time.perf_counter() - t0)
                 self.log(f"stream: layer {i + 1}/{len(self.layers)} {time.perf_counter() - t0:.2f}s")
@@ -543,6 +574,7 @@ class StreamedOracle:
             logits = [np.empty((s.rows, self.vocab_size), dtype=np.float32) for s in seqs]
             logits_bytes = sum(a.nbytes for a in logits)
             rows = st.head_chunk_rows
+            head_weight, head_bias = self.head.weight, self.head.bias  # the skeleton's (meta) parameters
             for v0 in range(0, self.vocab_size, rows):
                 v1 = min(v0 + rows, self.vocab_size)
                 t0 = time.perf_counter()
@@ -551,12 +583,20 @@ class StreamedOracle:
                 self._held(w.numel() * 4 + hidden_bytes + logits_bytes, f"reading lm_head rows {v0}:{v1}")
                 t1 = time.perf_counter()
                 st.load_seconds += t1 - t0
+                # The chunk goes in as a Parameter that requires grad, as a loaded model's head is:
+                # for a non-contiguous input (the logits_to_keep slice of a batch) torch folds the
+                # matmul differently for a plain weight tensor, and so sums in another order.
+                self.head.weight = nn.Parameter(w, requires_grad=head_weight.requires_grad)
+                if b is not None:
+                    self.head.bias = nn.Parameter(b, requires_grad=head_bias.requires_grad)
                 for k, g in enumerate(groups):
                     r = seqs[g[0]].rows
-                    part = F.linear(head_in[k], w, b)[:, -(r + 1):-1]
+                    part = self.head(head_in[k])[:, -(r + 1):-1]
                     for j, i in enumerate(g):
                         logits[i][:, v0:v1] = part[j].numpy()
-                del w, b
+                self.head.weight, self.head.bias = head_weight, head_bias
+                del w, b, part
+                release_freed_memory()
                 st.compute_seconds += time.perf_counter() - t1
         st.peak_rss_bytes = peak_rss_bytes()
         for s, lg in zip(seqs, logits):

@@ -109,17 +109,24 @@ def streamed(model_dir, sequences):
     """One streamed run, watched: how many layers hold real weights whenever a layer runs."""
     oracle = StreamedOracle(model_dir, batch_size=8)
     held_at_forward = []
+    weights_seen = []
 
     def count_materialized(module, args):
         held_at_forward.append(sum(any(p.device.type != "meta" for p in layer.parameters())
                                    for layer in oracle.layers))
 
+    def weights_like_a_loaded_model(module, args):
+        # torch picks matmul paths by the weight's autograd state: they must be a loaded model's
+        weights_seen.extend((p.requires_grad, p.is_inference(), p.dtype) for p in module.parameters())
+
     hooks = [layer.register_forward_pre_hook(count_materialized) for layer in oracle.layers]
+    hooks += [m.register_forward_pre_hook(weights_like_a_loaded_model) for m in (*oracle.layers, oracle.head)]
     try:
         traces = list(oracle.run(sequences))
     finally:
         for h in hooks:
             h.remove()
+    assert weights_seen and set(weights_seen) == {(True, False, torch.float32)}
     return oracle, traces, held_at_forward
 
 
