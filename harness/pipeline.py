@@ -1,13 +1,16 @@
 """Run what a set of gates needs — oracle, candidates, controls — through a content-addressed trace
 cache, and judge each gate. `flipgate compare`, `flipgate signoff` and `pytest --gate` call this.
 
-Cache layout (default `.flipgate/` in the working directory):
+Cache layout (default `.flipgate/` in the working directory, or $FLIPGATE_CACHE):
 
-    .flipgate/traces/oracle-<key>.safetensors      key = model weights + tokenizer + case set + dtype
-    .flipgate/traces/<spec>-<key>.safetensors      key = oracle key + candidate spec + recipe text + mode
+    .flipgate/traces/oracle-<dtype>-<key>.safetensors  key = model weights + tokenizer + case set + dtype
+    .flipgate/traces/<spec>-<key>.safetensors          key = oracle trace + candidate spec + recipe + mode
 
 Every trace is written to a temporary file and renamed, so two runs at once never corrupt the
 cache: at worst both compute the same trace and the last rename wins with identical content.
+
+Given traces (`oracle=`, `candidate=`, `control=`) are judged as they are; models run only for
+what is not given, and only when the model's tokenizer is the one the given oracle was made with.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import platform
 import re
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -27,6 +31,7 @@ from . import __version__
 from .errors import InputError
 
 DEFAULT_CACHE = ".flipgate"
+CONFIG_NAME = "flipgate.toml"
 
 
 def _key(*parts: object) -> str:
@@ -53,6 +58,40 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def default_config(folder: str | os.PathLike | None = None) -> Path | None:
+    """`flipgate.toml` in `folder` (default: the working directory) if there is one, else None
+    (None means the bundled gate definitions)."""
+    p = Path(folder or ".") / CONFIG_NAME
+    return p if p.is_file() else None
+
+
+def gate_names(config: str | os.PathLike | None = None) -> list[str]:
+    """The gates a config defines, in order (the bundled ones when config is None)."""
+    from gates.policy import load_gates
+
+    return list(load_gates(str(config) if config else None))
+
+
+def select_gates(requested: Iterable[str] | None, defined: Iterable[str]) -> list[str]:
+    """Requested names in order, `all` expanded, duplicates dropped; InputError names an unknown one."""
+    defined = list(defined)
+    names: list[str] = []
+    for n in requested or ["all"]:
+        for m in (defined if n == "all" else [n]):
+            if m not in names:
+                names.append(m)
+    unknown = [n for n in names if n not in defined]
+    if unknown:
+        raise InputError(f"unknown gate {unknown[0]!r} (defined: {', '.join(defined) or 'none'})")
+    if not names:
+        raise InputError("no gates are defined")
+    return names
+
+
 @dataclass
 class GateRun:
     """What `run_gates` produced: verdicts in the order asked, the traces used, and provenance."""
@@ -63,7 +102,13 @@ class GateRun:
 
     @property
     def passed(self) -> bool:
-        return all(bool(v) for v in self.verdicts.values())
+        return bool(self.verdicts) and all(bool(v) for v in self.verdicts.values())
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def one_lines(self) -> list[str]:
+        return [v.one_line() for v in self.verdicts.values()]
 
 
 @dataclass
@@ -76,7 +121,7 @@ class Workspace:
     dtype: str = "bfloat16"
     refresh: bool = False
     quiet: bool = False
-    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)
+    log: Callable[[str], None] = _stderr
 
     @property
     def traces_dir(self) -> Path:
@@ -86,12 +131,17 @@ class Workspace:
         if not self.quiet:
             self.log(msg)
 
+    def tokenizer_sha256(self) -> str:
+        from .models import tokenizer_sha256
+
+        return tokenizer_sha256(self.model_dir) if self.model_dir.is_dir() else ""
+
     def oracle_key(self) -> str:
         from .cases import load_cases
-        from .models import tokenizer_sha256, weights_sha256
+        from .models import weights_sha256
 
         cases = load_cases(self.cases_path)
-        return _key("oracle", weights_sha256(self.model_dir), tokenizer_sha256(self.model_dir),
+        return _key("oracle", weights_sha256(self.model_dir), self.tokenizer_sha256(),
                     cases.sha256, self.dtype, __version__)
 
     def oracle_trace(self) -> Path:
@@ -101,13 +151,16 @@ class Workspace:
         if path.exists() and not self.refresh:
             self.say(f"oracle: cached {path}")
             return path
-        self.say(f"oracle: computing {path}")
-        return run_oracle(model=str(self.model_dir), cases=str(self.cases_path), dtype=self.dtype,
-                          out=str(path), quiet=self.quiet)
+        self.say(f"oracle: running {self.model_dir.name} ({self.dtype}) on {self.cases_path.name} -> {path}")
+        t0 = time.perf_counter()
+        out = Path(run_oracle(model=str(self.model_dir), cases=str(self.cases_path), dtype=self.dtype,
+                              out=str(path), quiet=self.quiet, log=self.log))
+        self.say(f"oracle: done in {time.perf_counter() - t0:.1f} s")
+        return out
 
     def candidate_trace(self, spec: str, oracle_path: Path, recipes_path: str | None = None) -> Path:
         from .candidates import capture_to_trace, resolve, sequences_from_trace
-        from .models import model_provenance, tokenizer_sha256
+        from .models import model_provenance
         from .trace import open_trace
 
         options = {"model": str(self.model_dir)}
@@ -120,23 +173,26 @@ class Workspace:
         if path.exists() and not self.refresh:
             self.say(f"{spec}: cached {path}")
             return path
-        self.say(f"{spec}: capturing {path}")
+        self.say(f"{spec}: running {candidate.runner} {candidate.variant} -> {path}")
+        t0 = time.perf_counter()
         oracle = open_trace(oracle_path)
-        return capture_to_trace(candidate, sequences_from_trace(oracle), path, vocab_size=oracle.vocab_size,
-                                model=model_provenance(self.model_dir),
-                                tokenizer_sha256=tokenizer_sha256(self.model_dir))
+        out = capture_to_trace(candidate, sequences_from_trace(oracle), path, vocab_size=oracle.vocab_size,
+                               model=model_provenance(self.model_dir), tokenizer_sha256=self.tokenizer_sha256())
+        self.say(f"{spec}: done in {time.perf_counter() - t0:.1f} s")
+        return out
 
 
 def workspace(*, model: str | None = None, cases: str | None = None, cache_dir: str | None = None,
-              dtype: str = "bfloat16", refresh: bool = False, quiet: bool = False) -> Workspace:
+              dtype: str = "bfloat16", refresh: bool = False, quiet: bool = False,
+              log: Callable[[str], None] | None = None) -> Workspace:
     from .cases import bundled_cases_path
     from .models import resolve_model_dir
 
     return Workspace(
         model_dir=resolve_model_dir(model),
         cases_path=Path(cases) if cases else bundled_cases_path(),
-        cache_dir=Path(cache_dir or os.environ.get("FLIPGATE_CACHE", DEFAULT_CACHE)),
-        dtype=dtype, refresh=refresh, quiet=quiet)
+        cache_dir=Path(cache_dir or os.environ.get("FLIPGATE_CACHE") or DEFAULT_CACHE),
+        dtype=dtype, refresh=refresh, quiet=quiet, log=log or _stderr)
 
 
 def _decoder(model_dir: Path):
@@ -149,58 +205,73 @@ def _decoder(model_dir: Path):
 def run_gates(gate_names: Iterable[str] | None = None, *, config: str | None = None, model: str | None = None,
               cases: str | None = None, cache_dir: str | None = None, refresh: bool = False,
               quiet: bool = False, oracle: str | None = None, candidate: str | None = None,
-              control: str | None = None) -> GateRun:
-    """Judge the named gates (default: every defined gate) on the model and case set.
+              control: str | None = None, dtype: str = "bfloat16",
+              log: Callable[[str], None] | None = None) -> GateRun:
+    """Judge the named gates (default: every defined gate; `all` means the same) on the model and case set.
 
-    `oracle`/`candidate`/`control` given as trace paths judge those traces instead of running models
-    (one gate at a time then, since one candidate trace answers one gate).
+    `oracle`/`candidate`/`control` given as trace paths are judged instead of running models. A given
+    candidate answers one gate, so exactly one gate must be named with it. What is not given is run:
+    the candidates and controls on the given oracle's token sequences, with the model (which must
+    have the oracle's tokenizer). A given candidate without a given control is judged without one
+    (every confident flip is then a defect). `log` receives one progress line per step.
     """
     from gates.engine import evaluate
     from gates.policy import load_gates
 
     from .trace import open_trace
 
-    policies = load_gates(config)
-    names = list(gate_names) if gate_names else list(policies)
-    if names == ["all"]:
-        names = list(policies)
-    unknown = [n for n in names if n not in policies]
-    if unknown:
-        raise InputError(f"unknown gate {unknown[0]!r} (defined: {', '.join(policies)})")
-    ws = workspace(model=model, cases=cases, cache_dir=cache_dir, refresh=refresh, quiet=quiet)
-    recipes = config if config and _has_recipes(config) else None
-    run = GateRun()
+    policies = load_gates(str(config) if config else None)
+    names = select_gates(gate_names, policies)
     if candidate is not None and len(names) != 1:
-        raise InputError("a given candidate trace answers one gate: name exactly one with --gate")
+        raise InputError(f"a given candidate trace answers one gate, but {len(names)} are named "
+                         f"({', '.join(names)}): name exactly one")
+    ws = workspace(model=model, cases=cases, cache_dir=cache_dir, dtype=dtype, refresh=refresh, quiet=quiet,
+                   log=log)
+    recipes = str(config) if config and _has_recipes(config) else None
+    run = GateRun()
 
     oracle_path = Path(oracle) if oracle else ws.oracle_trace()
-    run.traces["oracle"] = oracle_path
     oracle_trace = open_trace(oracle_path)
-    decode = _decoder(ws.model_dir) if oracle is None or ws.model_dir.exists() else None
+    run.traces["oracle"] = oracle_path
+    # Token text comes from the model's tokenizer only if the oracle was made with that very tokenizer.
+    model_tok = ws.tokenizer_sha256()
+    same_tokenizer = bool(model_tok) and (oracle is None or oracle_trace.tokenizer_sha256 == model_tok)
+    decode = _decoder(ws.model_dir) if same_tokenizer else None
+
+    def capture(spec: str) -> Path:
+        if spec not in run.traces:
+            if oracle is not None and not same_tokenizer:
+                raise InputError(
+                    f"{oracle_path}: this oracle trace was not made with the tokenizer of model {ws.model_dir}, "
+                    f"so {spec!r} cannot be run on its sequences: give its trace, or the oracle's model")
+            run.traces[spec] = ws.candidate_trace(spec, oracle_path, recipes)
+        return run.traces[spec]
+
     for name in names:
         pol = policies[name]
         if candidate is not None:
             cand_path = Path(candidate)
+            run.traces[f"candidate:{name}"] = cand_path
         else:
-            cand_path = run.traces.get(pol.candidate) or ws.candidate_trace(pol.candidate, oracle_path, recipes)
-        run.traces.setdefault(pol.candidate, cand_path)
-        ctrl_trace = None
+            cand_path = capture(pol.candidate)
+        ctrl_path = None
         if control is not None:
-            ctrl_trace = open_trace(control)
+            ctrl_path = Path(control)
+            run.traces[f"control:{name}"] = ctrl_path
         elif pol.control and candidate is None:
-            ctrl_path = run.traces.get(pol.control) or ws.candidate_trace(pol.control, oracle_path, recipes)
-            run.traces.setdefault(pol.control, ctrl_path)
-            ctrl_trace = open_trace(ctrl_path)
-        verdict = evaluate(oracle_trace, open_trace(cand_path), ctrl_trace, policy=pol, decode=decode,
-                           provenance=None)
+            ctrl_path = capture(pol.control)
+        verdict = evaluate(oracle_trace, open_trace(cand_path), open_trace(ctrl_path) if ctrl_path else None,
+                           policy=pol, decode=decode, provenance=None)
         run.verdicts[name] = verdict
-    run.provenance = provenance(ws, run, config)
+    ran_model = oracle is None or any(k != "oracle" and not k.startswith(("candidate:", "control:"))
+                                      for k in run.traces)
+    run.provenance = provenance(ws, run, config, ran_model=ran_model, ran_oracle=oracle is None)
     for v in run.verdicts.values():
         v.provenance.update(run.provenance)
     return run
 
 
-def _has_recipes(config: str) -> bool:
+def _has_recipes(config: str | os.PathLike) -> bool:
     try:
         import tomllib
 
@@ -210,9 +281,11 @@ def _has_recipes(config: str) -> bool:
         return False
 
 
-def provenance(ws: Workspace, run: GateRun, config: str | None) -> dict:
+def provenance(ws: Workspace, run: GateRun, config: str | os.PathLike | None, *, ran_model: bool = True,
+               ran_oracle: bool = True) -> dict:
+    """Where every input came from: model, tokenizer, cases, config, traces, recipes, versions, machine."""
     from .fileio import sha256_file
-    from .models import tokenizer_sha256, weights_sha256
+    from .models import weights_sha256
     from .trace import open_trace
 
     recipes = {}
@@ -220,12 +293,17 @@ def provenance(ws: Workspace, run: GateRun, config: str | None) -> dict:
         meta = open_trace(path).metadata
         if "recipe" in meta:
             recipes[spec] = meta["recipe"]
+    if ran_model:
+        model = {"model": str(ws.model_dir), "model_sha256": weights_sha256(ws.model_dir),
+                 "tokenizer_sha256": ws.tokenizer_sha256()}
+    else:  # judged given traces only: the model is whatever the oracle trace says
+        meta = open_trace(run.traces["oracle"]).metadata
+        model = {"model": meta.get("model", ""), "model_sha256": {},
+                 "tokenizer_sha256": meta.get("tokenizer_sha256", "")}
     return {
-        "model": str(ws.model_dir),
-        "model_sha256": weights_sha256(ws.model_dir) if ws.model_dir.exists() else {},
-        "tokenizer_sha256": tokenizer_sha256(ws.model_dir) if ws.model_dir.exists() else "",
-        "cases": str(ws.cases_path),
-        "cases_sha256": sha256_file(ws.cases_path) if ws.cases_path.exists() else "",
+        **model,
+        "cases": str(ws.cases_path) if ran_oracle else "",
+        "cases_sha256": sha256_file(ws.cases_path) if ran_oracle and ws.cases_path.exists() else "",
         "config": str(config) if config else "",
         "config_sha256": sha256_file(config) if config else "",
         "traces": {k: str(v) for k, v in run.traces.items()},
@@ -235,3 +313,13 @@ def provenance(ws: Workspace, run: GateRun, config: str | None) -> dict:
         "machine": f"{platform.node()} {platform.system()} {platform.release()} {platform.machine()}",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def write_verdicts(run: GateRun, folder: str | os.PathLike) -> dict[str, Path]:
+    """Write each verdict as `<folder>/<gate>.verdict.json` (atomically); returns gate -> path."""
+    out = {}
+    for name, verdict in run.verdicts.items():
+        path = Path(folder) / f"{_safe(name)}.verdict.json"
+        verdict.write(path)
+        out[name] = path
+    return out

@@ -44,8 +44,11 @@ def sequences_from_trace(trace: Trace) -> list[Sequence]:
 def capture_to_trace(candidate: Candidate, sequences: Iterable[Sequence], out: str | Path, *,
                      vocab_size: int, model: str = "", tokenizer_sha256: str = "") -> Path:
     """Run a candidate and write its trace atomically (nothing is written if it fails)."""
+    extra = dict(candidate.metadata())
+    # a runner's own provenance of model and tokenizer wins over the caller's
     meta = base_metadata(runner=candidate.runner, variant=candidate.variant, vocab_size=vocab_size,
-                         model=model, tokenizer_sha256=tokenizer_sha256, **candidate.metadata())
+                         model=extra.pop("model", None) or model,
+                         tokenizer_sha256=extra.pop("tokenizer_sha256", None) or tokenizer_sha256, **extra)
     return write_trace(out, meta, list(candidate.run(sequences)))
 
 
