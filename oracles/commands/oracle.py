@@ -65,7 +65,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-margin", type=float, metavar="M",
                    help="probability margin below which a position is not confident (default: 0.1)")
     p.add_argument("--min-confident-fraction", type=float, metavar="X",
-                   help="refuse the case set (exit 2, nothing written) if under X of its positions are confident")
+                   help="refuse the case set (exit 2, no trace written) if under X of its positions are confident")
     p.add_argument("--batch-size", type=int, metavar="B",
                    help="run up to B cases of equal length in one batch (default: 1, each case alone: "
                         "batching can change the last bits of the rows)")
