@@ -5,8 +5,9 @@
 
 A synthetic Qwen3.5-architecture checkpoint (random weights, stored bf16 in shards with an index,
 as real checkpoints are) is written to a temporary folder and deleted afterwards. Each oracle runs
-in a fresh subprocess that reports its own peak RSS (ru_maxrss, so file-backed mmap pages count
-too) and its RSS after imports, before any weight is read (the interpreter + torch baseline).
+in a fresh subprocess that reports its own peak RSS (VmHWM: file-backed mmap pages count too, and
+unlike ru_maxrss it does not inherit the parent's) and its RSS after imports, before any weight is
+read (the interpreter, torch and the modeling code: the baseline both pay).
 Both oracles get the same sequences; the logits are compared bit for bit. The 27B projection
 scales the measured above-baseline peak by the ratio of the largest layer's float32 bytes.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -55,7 +55,11 @@ def rss_now() -> int:
 
 
 def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM, not ru_maxrss: a child's ru_maxrss starts at the parent's resident set at fork time,
+    # and the parent has just written the checkpoint
+    from oracles.stream import peak_rss_bytes
+
+    return peak_rss_bytes()
 
 
 def layer_bytes_fp32(config: dict) -> tuple[int, int]:

@@ -97,9 +97,21 @@ _TRIM = None
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set so far (Linux reports KiB, macOS bytes)."""
+    """This process's peak resident set so far.
+
+    Linux: VmHWM of /proc/self/status, the high-water mark of this program's own memory; ru_maxrss
+    also carries the parent's resident set at fork time across exec. Elsewhere ru_maxrss (macOS
+    reports bytes, others KiB).
+    """
     import sys
 
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
