@@ -315,6 +315,7 @@ def _records(job: _Prepared, cid: str, ids: np.ndarray, prompt: int, first_row: 
             rec["context_text"] = texts.context(ids, pos)
             rec["target_text"] = texts.token(int(ids[pos]))
             rec["oracle_top1_text"] = texts.token(top1)
+            rec["oracle_top2_text"] = texts.token(top2)
             rec["candidate_top1_text"] = texts.token(cand_top1)
             rec["control_top1_text"] = texts.token(ctrl_top1)
         job.positions.append(rec)
