@@ -256,7 +256,7 @@ class EmulatedCandidate:
         cache = DynamicCache(config=model.config)
         kw = {self._cache_kw: cache, "use_cache": True}
         decoder_kw = {self._decoder_cache_kw: cache, "use_cache": True}
-        x = torch.as_tensor(ids)[None]
+        x = torch.tensor(ids)[None]
         first_row = len(ids) - 1 - n_rows  # step whose output is row 0 (= P - 1)
         rows = []
         with torch.inference_mode():
@@ -272,7 +272,7 @@ class EmulatedCandidate:
         import torch
 
         with torch.inference_mode():
-            logits = self.model(input_ids=torch.as_tensor(ids)[None]).logits[0]
+            logits = self.model(input_ids=torch.tensor(ids)[None]).logits[0]
         return logits[len(ids) - 1 - n_rows:len(ids) - 1].to(torch.float16).numpy()
 
 

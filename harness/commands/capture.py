@@ -46,6 +46,8 @@ def register(sub) -> None:
     p.add_argument("--full", action="store_true", help="one causal pass per case instead of S=1 steps (emulated)")
     p.add_argument("--mode", choices=("fast", "coreai-opt"), default="fast",
                    help="emulated quantization: fast (materialized weights, default) or coreai-opt (eager)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads (default: torch's choice; 1 is fastest for small models on a busy machine)")
     p.add_argument("--quiet", action="store_true", help="print only warnings and errors")
     p.set_defaults(func=run)
 
@@ -116,6 +118,12 @@ def run(args) -> int:
     from ..trace import open_trace
 
     say = lambda msg: _say(args, msg)  # noqa: E731
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads {args.threads}: expected a positive number of threads")
+        import torch
+
+        torch.set_num_threads(args.threads)
     model_dir = resolve_model_dir(args.model)
     model_tok = tokenizer_sha256(model_dir)
     options = {"model": str(model_dir), "recipes": args.config, "mode": args.mode, "full": args.full}
