@@ -124,6 +124,10 @@ def run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     model_dir = resolve_model_dir(args.model)
     model_tok = tokenizer_sha256(model_dir)
     options = {"model": str(model_dir), "recipes": args.config, "mode": args.mode, "full": args.full}
