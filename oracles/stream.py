@@ -615,3 +615,104 @@ class StreamedOracle:
             yield CaseTrace(s.case_id, np.asarray(s.input_ids, dtype=np.int64), lg)
 
     rows = run  # the name the issue's sketch uses
+
+
+# ---------------------------------------------------------------------------------------------
+# `flipgate oracle --stream`
+
+
+def run_streamed_oracle(*, model: str | Path | None = None, cases: str | Path | None = None,
+                        out: str | Path, dtype: str = "float32", sequences: str | Path | None = None,
+                        max_memory: str | int | None = None, batch_size: int = 1, shard: str | None = None,
+                        min_margin: float = 0.1, min_confident_fraction: float | None = None,
+                        device: str = "cpu", stepwise: bool = False, resume: bool = False,
+                        trust_remote_code: bool = False, quiet: bool = False,
+                        log: Callable[[str], None] | None = None) -> Path:
+    """Compute the float32 oracle trace of a case set layer by layer and write it atomically.
+
+    The streamed oracle teacher-forces given sequences (it makes no greedy continuation: that
+    would be one pass over every weight per token). A case's continuation comes from the case
+    itself or, for cases that give none, from the `sequences` trace -- normally the bf16 oracle's,
+    so that `flipgate oracle-diff` can compare the two position by position.
+    """
+    from harness.cases import load_cases, select_shard, tokenize_case
+    from harness.models import load_tokenizer, model_provenance, resolve_model_dir, tokenizer_sha256
+    from harness.trace import base_metadata, open_trace, write_trace
+
+    say = (lambda msg: None) if quiet else (log or print)
+    for flag, value, ok in (("--device", device, "cpu"), ("--stepwise", stepwise, False), ("--resume", resume, False),
+                            ("--trust-remote-code", trust_remote_code, False)):
+        if value != ok:
+            raise InputError(f"{flag} does not apply to --stream (it runs one layer at a time on the CPU, "
+                             f"all cases per layer, with the model's transformers modules)")
+    if isinstance(max_memory, dict) or (isinstance(max_memory, str) and "=" in max_memory):
+        spec = max_memory if isinstance(max_memory, dict) else dict(
+            item.split("=", 1) for item in max_memory.split(",") if "=" in item)
+        if set(spec) - {"cpu"}:
+            raise InputError(f"--max-memory {max_memory!r}: with --stream give one size (e.g. 8GiB), or cpu=SIZE")
+        max_memory = spec["cpu"]
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(f"{out}: is a folder; --out names the trace file to write")
+    if min_confident_fraction is not None and not (0.0 <= min_confident_fraction <= 1.0):
+        raise InputError(f"--min-confident-fraction {min_confident_fraction!r}: expected a fraction in [0, 1]")
+
+    model_dir = resolve_model_dir(model)
+    oracle = StreamedOracle(model_dir, dtype=dtype, max_memory=max_memory, batch_size=batch_size,
+                            log=(lambda msg: None) if quiet else (log or print))
+    case_set = load_cases(cases)
+    specs = select_shard(case_set.specs, shard)
+    if not specs:
+        raise InputError(f"--shard {shard}: selects none of the {len(case_set)} cases in {case_set.path}")
+    tokenizer = load_tokenizer(model_dir)
+    source = open_trace(sequences) if sequences is not None else None
+    seqs: list[Sequence] = []
+    origin: dict[str, str] = {}
+    for spec in specs:
+        case = tokenize_case(spec, tokenizer, oracle.vocab_size)
+        if case.continuation_ids is not None:
+            ids, rows = np.array(case.input_ids, dtype=np.int64), len(case.continuation_ids)
+            origin[case.id] = "given"
+        elif source is not None:
+            if case.id not in source.case_ids:
+                raise InputError(f"{source.path}: has no case {case.id!r} of {case_set.path} (line {spec.line})")
+            ids, rows = source.input_ids(case.id), source.rows(case.id)
+            prompt = np.array(case.prompt_ids, dtype=np.int64)
+            if len(ids) - rows != len(prompt) or not np.array_equal(ids[:len(prompt)], prompt):
+                raise InputError(f"{source.path}: case {case.id!r} holds another prompt than {case_set.path} "
+                                 f"line {spec.line} tokenizes to (same model and case set?)")
+            origin[case.id] = "sequences"
+        else:
+            raise InputError(f"{case_set.path}:{spec.line}: case {case.id!r} gives no continuation, and --stream "
+                             f"makes none: pass --sequences TRACE (the bf16 oracle's trace) or give "
+                             f"continuation_ids")
+        seqs.append(Sequence(case.id, ids, rows))
+
+    t0 = time.perf_counter()
+    traces = list(oracle.run(seqs))
+    wall = time.perf_counter() - t0
+    from oracles.hf import low_margin_count
+
+    low = {t.case_id: low_margin_count(t.logits, min_margin) for t in traces}
+    total = sum(t.rows for t in traces)
+    confident = total - sum(low.values())
+    frac = confident / total if total else 0.0
+    st = oracle.stats
+    say(f"{confident}/{total} scored positions confident (probability margin >= {min_margin:g}); "
+        f"{st.layers} layers streamed in {wall:.1f}s ({wall / max(total, 1) * 1e3:.1f} ms/position), "
+        f"peak RSS {fmt_bytes(st.peak_rss_bytes)}, largest layer {fmt_bytes(st.largest_layer_bytes)} in float32")
+    if min_confident_fraction is not None and frac < min_confident_fraction:
+        raise InputError(f"{case_set.path}: only {frac:.1%} of {total} scored positions are confident "
+                         f"(margin >= {min_margin:g}), below --min-confident-fraction {min_confident_fraction:g}")
+    meta = base_metadata(
+        runner=RUNNER, variant=oracle.variant, vocab_size=oracle.vocab_size, model=model_provenance(model_dir),
+        tokenizer_sha256=tokenizer_sha256(model_dir), **oracle.metadata(),
+        model_id=str(model) if model is not None else str(model_dir), device="cpu", mode="one-pass",
+        min_margin=f"{min_margin:g}", margin_space="prob", low_margin=json.dumps(low),
+        confident_fraction=f"{frac:.6f}", case_set=json.dumps(case_set.ids), case_set_sha256=case_set.sha256,
+        cases_file=str(case_set.path), shard=shard or "", continuation=json.dumps(origin),
+        sequences_from=str(source.path) if source is not None else "",
+        peak_rss_bytes=str(st.peak_rss_bytes), largest_layer_bytes=str(st.largest_layer_bytes))
+    write_trace(out, meta, traces)
+    say(f"wrote {out} ({len(traces)} cases, {total} rows, float32, layer-streamed)")
+    return out

@@ -25,13 +25,16 @@ CONFIG_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "min_confident_fraction": ((int, float), False),
     "batch_size": (int, False),
     "trust_remote_code": (bool, False),
+    "stream": (bool, False),
+    "sequences": (str, True),
 }
 
 EXAMPLE = """\
 flipgate oracle --out oracle.safetensors            # bundled fixture model and cases, bf16, CPU
 flipgate oracle --model ~/models/Qwen3.6-27B --cases cases.jsonl --device auto \\
     --max-memory 0=70GiB,cpu=100GiB --shard 0/4 --out oracle-0.safetensors --resume
-flipgate oracle --stepwise --dtype float32 --min-confident-fraction 0.5"""
+flipgate oracle --stepwise --dtype float32 --min-confident-fraction 0.5
+flipgate oracle --dtype float32 --stream --sequences oracle-bf16.safetensors --max-memory 8GiB"""
 
 
 def register(sub) -> None:
@@ -56,7 +59,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="precision of the oracle (default: bfloat16, the checkpoint's native precision)")
     p.add_argument("--device", choices=("cpu", "cuda", "mps", "auto"),
                    help="where to run (default: cpu); auto = accelerate's device_map: GPUs, then CPU, then disk")
-    p.add_argument("--max-memory", metavar="SPEC", help="with --device auto: per-device budget, e.g. 0=20GiB,cpu=60GiB")
+    p.add_argument("--max-memory", metavar="SPEC", help="with --device auto: per-device budget, e.g. 0=20GiB,cpu=60GiB; "
+                   "with --stream: one size, e.g. 8GiB (checked before any weight is read)")
     p.add_argument("--out", metavar="TRACE", help="trace to write (default: oracle-<dtype>[-shard-i-of-n].safetensors)")
     p.add_argument("--stepwise", action="store_true", default=None,
                    help="compute rows token by token through the model's cache (S=1, as the device does)")
@@ -71,6 +75,11 @@ def add_options(p: argparse.ArgumentParser) -> None:
                         "batching can change the last bits of the rows)")
     p.add_argument("--trust-remote-code", action="store_true", default=None,
                    help="let transformers run the checkpoint's own modeling code (off by default)")
+    p.add_argument("--stream", action="store_true", default=None,
+                   help="float32 only: run the checkpoint one decoder layer at a time from the memory-mapped "
+                        "safetensors files (about one layer in memory, same logits as in-memory float32)")
+    p.add_argument("--sequences", metavar="TRACE", help="with --stream: teacher-force this trace's sequences "
+                   "(e.g. the bf16 oracle's) for cases that give no continuation")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
 
@@ -129,8 +138,20 @@ def run(args) -> int:
 
     from oracles.hf import run_oracle
 
+    if getattr(args, "stream", None) and args.dtype is None:
+        args.dtype = "float32"  # --stream is the float32 oracle
     opts = oracle_options(args)
     _quiet_libraries(opts["quiet"] or not sys.stderr.isatty())
+    stream, sequences = opts.pop("stream"), opts.pop("sequences")
+    if stream:
+        from oracles.stream import run_streamed_oracle
+
+        run_streamed_oracle(**opts, sequences=sequences)
+        return 0
+    if sequences is not None:
+        from harness.errors import InputError
+
+        raise InputError("--sequences applies to --stream only")
     run_oracle(**opts)
     return 0
 

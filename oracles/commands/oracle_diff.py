@@ -14,7 +14,8 @@ def register(sub) -> None:
                     "logit's magnitude (below what a bf16 oracle can resolve). The JSON output stores, per "
                     "position, both oracles' top-1, top-2 and margin. Exit 1 if the oracles disagree where A "
                     "is confident (margin >= --min-margin) or a row holds NaN/Inf.",
-        example="flipgate oracle --dtype float32 --stream -o oracle-fp32.safetensors\n"
+        example="flipgate oracle --out oracle-bf16.safetensors\n"
+                "flipgate oracle --stream --sequences oracle-bf16.safetensors --out oracle-fp32.safetensors\n"
                 "flipgate oracle-diff oracle-bf16.safetensors oracle-fp32.safetensors -o oracle-diff.json")
     p.add_argument("a", metavar="A", help="the reduced-precision (bf16) oracle trace")
     p.add_argument("b", metavar="B", help="the float32 oracle trace of the same cases")

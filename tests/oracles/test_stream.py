@@ -276,3 +276,52 @@ def test_an_index_naming_a_missing_shard_is_refused(tmp_path, model_dir):
 def test_only_float32_streams(model_dir):
     with pytest.raises(InputError, match="float32 only"):
         StreamedOracle(model_dir, dtype="bfloat16")
+
+
+def test_command_streams_the_same_trace_as_the_in_memory_command(tmp_path, capsys):
+    from harness.cli import main
+    from harness.trace import open_trace
+
+    model = fixture_model_path()
+    if not (model / "tokenizer.json").is_file():
+        pytest.skip("the bundled fixture model is not committed yet")
+    rng = np.random.default_rng(3)
+    prompts = ["The quick brown fox", "Return the median of data", "Parse a URL into six components"]
+    given = tmp_path / "given.jsonl"
+    given.write_text("".join(json.dumps({"id": f"c{i}", "prompt": p, "continuation_ids": rng.integers(0, 2048, 6 + i).tolist()})
+                             + "\n" for i, p in enumerate(prompts)))
+    memory, streamed = tmp_path / "memory.safetensors", tmp_path / "streamed.safetensors"
+    common = ["--model", str(model), "--cases", str(given), "--quiet"]
+    assert main(["oracle", "--dtype", "float32", "--out", str(memory), *common]) == 0
+    assert main(["oracle", "--stream", "--out", str(streamed), *common]) == 0
+    a, b = open_trace(memory), open_trace(streamed)
+    assert b.runner == "hf-stream" and b.variant == "fp32" and b.metadata["execution"] == "layer-streamed"
+    assert a.case_ids == b.case_ids
+    for cid in a.case_ids:
+        assert np.array_equal(a.input_ids(cid), b.input_ids(cid))
+        assert np.array_equal(a.case(cid).logits.view(np.uint32), b.case(cid).logits.view(np.uint32)), cid
+
+    # prompts only: the sequences come from a trace (normally the bf16 oracle's)
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text("".join(json.dumps({"id": f"c{i}", "prompt": p}) + "\n" for i, p in enumerate(prompts)))
+    again = tmp_path / "again.safetensors"
+    assert main(["oracle", "--stream", "--cases", str(bare), "--model", str(model), "--sequences", str(memory),
+                 "--out", str(again), "--quiet"]) == 0
+    c = open_trace(again)
+    assert json.loads(c.metadata["continuation"]) == {"c0": "sequences", "c1": "sequences", "c2": "sequences"}
+    for cid in a.case_ids:
+        assert np.array_equal(a.case(cid).logits, c.case(cid).logits)
+
+    capsys.readouterr()
+    refused = [
+        (["--stream", "--cases", str(bare)], "gives no continuation, and --stream makes none: pass --sequences"),
+        (["--stream", "--cases", str(given), "--device", "auto"], "--device does not apply to --stream"),
+        (["--stream", "--cases", str(given), "--dtype", "bfloat16"], "float32 only"),
+        (["--cases", str(given), "--sequences", str(memory)], "--sequences applies to --stream only"),
+        (["--stream", "--cases", str(given), "--max-memory", "0=8GiB"], "with --stream give one size"),
+    ]
+    for extra, message in refused:
+        out = tmp_path / "refused.safetensors"
+        assert main(["oracle", "--model", str(model), "--out", str(out), "--quiet", *extra]) == 2, extra
+        assert message in capsys.readouterr().err
+        assert not out.exists()
