@@ -165,7 +165,11 @@ def evaluate(oracle: Trace | str | os.PathLike, candidate: Trace | str | os.Path
     The verdict records the effective policy: where a policy names a control but none is given,
     the gate runs without one (stricter: every confident flip is then a defect) and says so in
     `summary["notes"]`; a control given to a policy that names none is used and recorded as
-    `trace:PATH`. `oracle_fp32` is reserved for the fp32-oracle confirmation (not yet built).
+    `trace:PATH`. `oracle_fp32` (or the policy's `oracle_fp32`) is a float32 oracle trace of the same
+    sequences: every position then records its `fp32_top1`, every confident flip whether the fp32
+    oracle picks the candidate's token (`fp32_confirms`), and an oracle-artifact's `class_text` says
+    "oracle-artifact (confirmed by fp32)" or "(not confirmed by fp32)". A policy with
+    `reference = "fp32"` is judged against the fp32 oracle outright.
     """
     return evaluate_many(oracle, [GateJob(policy, candidate, control)], decode=decode, provenance=provenance,
                          oracle_fp32=oracle_fp32)[0]
@@ -178,10 +182,48 @@ def evaluate_many(oracle: Trace | str | os.PathLike, jobs: list[GateJob], *, dec
     and each trace's comparison with the oracle is computed once however many gates use it.
 
     `workers` threads take rows side by side (numpy releases the GIL in its loops); default: the
-    CPU count up to MAX_WORKERS for head-sized vocabularies, else 1. The figures do not depend on it."""
-    if oracle_fp32 is not None:
-        raise NotImplementedError("the fp32-oracle confirmation (oracle_fp32) is not built yet")
+    CPU count up to MAX_WORKERS for head-sized vocabularies, else 1. The figures do not depend on it.
+    `oracle_fp32` (else each policy's own) adds the fp32 confirmation; see `evaluate`."""
     oracle_t = _open(oracle)
+    # one pass per (fp32 oracle, reference): gates that share them still share the pass
+    passes: dict[tuple[str | None, str], list[int]] = {}
+    fp32_traces: dict[str, Trace] = {}
+    for i, job in enumerate(jobs):
+        fp32 = oracle_fp32 if oracle_fp32 is not None else getattr(job.policy, "oracle_fp32", None)
+        reference = getattr(job.policy, "reference", "oracle")
+        key = None
+        if fp32 is not None:
+            t = _open(fp32)
+            key = str(Path(t.path).resolve())
+            if key not in fp32_traces:
+                check_agreement(oracle_t, t, "fp32 oracle")
+                fp32_traces[key] = t
+        elif reference == "fp32":
+            raise InputError(f"gate {job.policy.name!r} is judged against the fp32 oracle (reference = \"fp32\"): "
+                             "give its trace (oracle_fp32 in the gate config, or --oracle-fp32 TRACE)")
+        passes.setdefault((key, reference), []).append(i)
+    if list(passes) == [(None, "oracle")]:
+        return _evaluate_pass(oracle_t, jobs, decode=decode, provenance=provenance, workers=workers)
+    verdicts: list[Verdict | None] = [None] * len(jobs)
+    for (key, reference), idx in passes.items():
+        fp32_t = fp32_traces.get(key) if key else None
+        if reference == "fp32":
+            got = _evaluate_pass(fp32_t, [jobs[i] for i in idx], decode=decode, provenance=provenance,
+                                 workers=workers)
+            for v in got:
+                v.summary["notes"].append(f"judged against the fp32 oracle {fp32_t.path} (reference = \"fp32\"), "
+                                          f"not {oracle_t.path}")
+                v.provenance["bf16_oracle"] = _trace_info(oracle_t)
+        else:
+            got = _evaluate_pass(oracle_t, [jobs[i] for i in idx], decode=decode, provenance=provenance,
+                                 workers=workers, fp32=fp32_t)
+        for i, v in zip(idx, got):
+            verdicts[i] = v
+    return verdicts
+
+
+def _evaluate_pass(oracle_t: Trace, jobs: list[GateJob], *, decode: Decode | None, provenance: dict | None,
+                   workers: int | None, fp32: Trace | None = None) -> list[Verdict]:
     if oracle_t.vocab_size < 2:
         raise InputError(f"{oracle_t.path}: vocab_size {oracle_t.vocab_size}: a margin needs at least 2 tokens")
     traces: dict[str, Trace] = {}
@@ -249,6 +291,7 @@ def evaluate_many(oracle: Trace | str | os.PathLike, jobs: list[GateJob], *, dec
                 r1 = min(rows, r0 + read_rows)
                 o_block = oracle_t.logits_rows(cid, r0, r1)
                 blocks = {k: traces[k].logits_rows(cid, r0, r1) for k in keys}
+                fp32_top1 = _fp32_top1(fp32, cid, r0, r1) if fp32 is not None else None
                 starts = list(range(0, r1 - r0, unit))
                 args = [(o_block[a:a + unit], {k: v[a:a + unit] for k, v in blocks.items()}, (cid, r0 + a))
                         for a in starts]
@@ -260,7 +303,8 @@ def evaluate_many(oracle: Trace | str | os.PathLike, jobs: list[GateJob], *, dec
                     ctrl.update({k: stats[k] for k in ctrl_only})
                     for job in prepared:
                         _records(job, cid, ids, prompt, r0 + a, orc, cand[job.candidate],
-                                 ctrl[job.control] if job.control else None, texts)
+                                 ctrl[job.control] if job.control else None, texts,
+                                 None if fp32_top1 is None else fp32_top1[a:a + unit])
     finally:
         if pool is not None:
             pool.shutdown()
@@ -273,14 +317,29 @@ def evaluate_many(oracle: Trace | str | os.PathLike, jobs: list[GateJob], *, dec
         prov = {"oracle": _trace_info(oracle_t), "candidate": _trace_info(traces[job.candidate]),
                 "control": _trace_info(traces[job.control]) if job.control else None,
                 "engine": {"flipgate": _version(), "numpy": np.__version__}}
+        if fp32 is not None:
+            arts = [p for p in job.positions if p["class"] == "oracle-artifact"]
+            summary["oracle_artifacts_confirmed"] = sum(bool(p["fp32_confirms"]) for p in arts)
+            summary["oracle_artifacts_unconfirmed"] = len(arts) - summary["oracle_artifacts_confirmed"]
+            summary["fp32_confirmed_flips"] = sum(bool(p.get("fp32_confirms")) for p in job.positions)
+            prov["oracle_fp32"] = _trace_info(fp32)
         prov.update(provenance or {})
         verdicts.append(Verdict(gate=job.policy.name, passed=not summary["reasons"], policy=job.policy.to_dict(),
                                 summary=summary, positions=job.positions, provenance=prov))
     return verdicts
 
 
+def _fp32_top1(fp32: Trace, cid: str, r0: int, r1: int) -> np.ndarray:
+    rows = fp32.logits_rows(cid, r0, r1)
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=-1))
+    if bad.size:
+        _oracle_not_finite(fp32, cid, r0 + int(bad[0]))
+    return np.argmax(rows, axis=-1)  # first maximum, as every argmax here
+
+
 def _records(job: _Prepared, cid: str, ids: np.ndarray, prompt: int, first_row: int, orc: metrics.OracleRows,
-             cr: metrics.CandidateRows, kr: metrics.ControlRows | None, texts: _Texts | None) -> None:
+             cr: metrics.CandidateRows, kr: metrics.ControlRows | None, texts: _Texts | None,
+             fp32_top1: np.ndarray | None = None) -> None:
     policy = job.policy
     margins = orc.margin_logit if policy.margin_space == "logit" else orc.margin_prob
     job.cosine.append(cr.cosine)
@@ -311,6 +370,14 @@ def _records(job: _Prepared, cid: str, ids: np.ndarray, prompt: int, first_row: 
             "control_top1_prob": None if kr is None else float(kr.top1_prob[i]),
             "nonfinite": nonfinite or None,
         }
+        if fp32_top1 is not None:
+            rec["fp32_top1"] = int(fp32_top1[i])
+            # a confident flip: does the fp32 oracle pick what the candidate picked?
+            flip = cls in ("oracle-artifact", "defect")
+            rec["fp32_confirms"] = bool(rec["fp32_top1"] == cand_top1) if flip else None
+            if cls == "oracle-artifact":
+                rec["class_text"] = ("oracle-artifact (confirmed by fp32)" if rec["fp32_confirms"]
+                                     else "oracle-artifact (not confirmed by fp32)")
         if texts is not None:
             rec["context_text"] = texts.context(ids, pos)
             rec["target_text"] = texts.token(int(ids[pos]))

@@ -17,6 +17,7 @@ from pathlib import Path
 from harness.errors import InputError
 
 MARGIN_SPACES = ("prob", "logit")
+REFERENCES = ("oracle", "fp32")
 USER_CONFIG = "flipgate.toml"
 _NONE = "none"  # a string that clears an optional key (TOML has no null)
 
@@ -35,6 +36,8 @@ class GatePolicy:
     max_kl: float | None = None
     description: str = ""
     source: str = "bundled"
+    oracle_fp32: str | None = None   # a float32 oracle trace: confirms or not each oracle-artifact
+    reference: str = "oracle"        # "fp32": judge against the fp32 oracle outright
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,6 +114,15 @@ def _apply(base: dict, table: object, path, name: str) -> dict:
                 out[key] = None
             else:
                 out[key] = _number(path, name, key, value, lo=0.0)
+        elif key == "oracle_fp32":
+            spec = _spec(path, name, key, value, optional=True)
+            if spec is not None and not Path(spec).is_absolute() and Path(str(path)).is_file():
+                spec = str(Path(str(path)).parent / spec)  # relative to the config file that names it
+            out[key] = spec
+        elif key == "reference":
+            if value not in REFERENCES:
+                raise InputError(f"{path}: [gates.{name}] reference = {value!r}: valid values: {', '.join(REFERENCES)}")
+            out[key] = value
         elif key == "description":
             if not isinstance(value, str):
                 raise InputError(f"{path}: [gates.{name}] description = {value!r}: expected a string")

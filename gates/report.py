@@ -19,7 +19,7 @@ def format_verdict(v: Verdict) -> str:
     s, pol, prov = v.summary, v.policy, v.provenance
     n = s["positions"]
     lines = [f"gate {v.gate}: {'PASS' if v.passed else 'FAIL'}"]
-    for role in ("oracle", "candidate", "control"):
+    for role in ("oracle", "candidate", "control", "oracle_fp32", "bf16_oracle"):
         info = prov.get(role)
         if isinstance(info, dict):
             lines.append(f"  {role:9s} {info.get('path')} ({info.get('runner')} {info.get('variant')}, "
@@ -31,6 +31,9 @@ def format_verdict(v: Verdict) -> str:
     lines.append(f"  score     exact {s['exact']}/{n}, rule {s['rule']}/{n}, confident {s['confident']}/{n}")
     lines.append(f"  classes   match {s['exact']}, tie-flip {s['tie_flips']}, oracle-artifact "
                  f"{s['oracle_artifacts']}, defect {s['defects']}, invalid {s['invalid']}")
+    if "oracle_artifacts_confirmed" in s:
+        lines.append(f"  fp32      oracle-artifacts confirmed by fp32 {s['oracle_artifacts_confirmed']}, not confirmed "
+                     f"{s['oracle_artifacts_unconfirmed']}; confident flips fp32 agrees with {s['fp32_confirmed_flips']}")
     lines.append(f"  cosine    min {_num(s['min_cosine'], '.6f')}, mean {_num(s['mean_cosine'], '.6f')}")
     lines.append(f"  KL        mean {_num(s['mean_kl'], '.3g')}, max {_num(s['max_kl'], '.3g')}")
     lo, hi = s["confident_flip_rate_ci95"]
@@ -51,7 +54,7 @@ def format_verdict(v: Verdict) -> str:
                      f"{'oracle top1/top2':>18s} {'candidate':>10s} {'control':>8s} {'cosine':>9s} {'KL':>9s}")
         for p in rows:
             lines.append(
-                f"  {p['case'][:16]:16s} {p['row']:4d} {p['position']:5d} {p['class']:15s} "
+                f"  {p['case'][:16]:16s} {p['row']:4d} {p['position']:5d} {p.get('class_text') or p['class']:15s} "
                 f"{_num(p['margin'], '8.4f')} {str(p['oracle_top1']) + '/' + str(p['oracle_top2']):>18s} "
                 f"{_num(p['candidate_top1'], 'd'):>10s} {_num(p['control_top1'], 'd'):>8s} "
                 f"{_num(p['cosine'], '9.6f')} {_num(p['kl'], '9.3g')}")

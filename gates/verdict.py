@@ -99,8 +99,10 @@ class Verdict:
         n = s["positions"]
         cos = s["min_cosine"]
         cos_text = "NaN" if isinstance(cos, float) and math.isnan(cos) else f"{cos:.4f}"
-        parts = [f"exact {s['exact']}/{n}", f"rule {s['rule']}/{n}", _plural(s["defects"], "defect"),
-                 _plural(s["oracle_artifacts"], "oracle-artifact")]
+        arts = _plural(s["oracle_artifacts"], "oracle-artifact")
+        if "oracle_artifacts_confirmed" in s:
+            arts += f" ({s['oracle_artifacts_confirmed']} confirmed by fp32)"
+        parts = [f"exact {s['exact']}/{n}", f"rule {s['rule']}/{n}", _plural(s["defects"], "defect"), arts]
         if s["invalid"]:
             parts.append(f"{s['invalid']} invalid")
         parts.append(f"min cos {cos_text}")

@@ -264,6 +264,7 @@ class FlipRow:
     kl: str
     oracle_rank: str
     anchor: str
+    cls_text: str = ""  # the class as shown, e.g. "oracle-artifact (confirmed by fp32)"; cls stays the key
 
 
 def flip_headers(v: Mapping) -> tuple[str, ...]:
@@ -282,7 +283,7 @@ def flip_cells(r: "FlipRow") -> tuple[str, ...]:
     """The cells of one flip row, in flip_headers order (visible text, not yet medium-escaped)."""
     return (r.case, f"{r.row}/{r.position}", r.context, r.target, r.oracle_top1, r.oracle_top1_prob,
             r.oracle_top2, r.oracle_top2_prob, r.margin, r.candidate_top1, r.candidate_top1_prob,
-            r.control_top1, r.control_top1_prob, r.cls, r.cosine, r.kl, r.oracle_rank)
+            r.control_top1, r.control_top1_prob, r.cls_text or r.cls, r.cosine, r.kl, r.oracle_rank)
 
 
 def _tok(p: Mapping, key: str) -> str:
@@ -309,6 +310,7 @@ def flip_row(v: Mapping, p: Mapping) -> FlipRow:
         cls=str(p["class"]), cosine=fmt(p["cosine"], 6), kl=fmt(p["kl"], 6),
         oracle_rank="n/a" if p.get("oracle_rank_in_candidate") is None else str(p["oracle_rank_in_candidate"]),
         anchor=position_anchor(v["gate"], str(p["case"]), int(p["row"])),
+        cls_text=str(p.get("class_text") or p["class"]),
     )
 
 

@@ -80,7 +80,7 @@ def print_report(report: Report, file: TextIO | None = None, *, width: int | Non
                 Text(f"{r.oracle_top1} ({r.oracle_top1_prob})"), Text(f"{r.oracle_top2} ({r.oracle_top2_prob})"),
                 Text(r.margin), Text(f"{r.candidate_top1} ({r.candidate_top1_prob})"),
                 Text(f"{r.control_top1} ({r.control_top1_prob})" if r.control_top1 != "—" else "—"),
-                Text(r.cls, style=_CLASS_STYLE.get(r.cls, "")), Text(r.cosine), Text(r.kl), Text(r.oracle_rank))
+                Text(r.cls_text or r.cls, style=_CLASS_STYLE.get(r.cls, "")), Text(r.cosine), Text(r.kl), Text(r.oracle_rank))
         con.print(table)
 
     if subject is not None:

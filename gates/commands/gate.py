@@ -29,6 +29,11 @@ def register(sub) -> None:
     p.add_argument("--max-defects", type=int, metavar="N", help="override the gate's max_defects")
     p.add_argument("--min-cosine", type=float, metavar="X", help="override the gate's min_cosine")
     p.add_argument("--max-kl", metavar="X", help="override the gate's max_kl ('none' removes it)")
+    p.add_argument("--oracle-fp32", metavar="TRACE",
+                   help="a float32 oracle trace of the same sequences (flipgate oracle --stream): each "
+                        "oracle-artifact is then confirmed by fp32 or not (overrides the gate's oracle_fp32)")
+    p.add_argument("--reference", choices=("oracle", "fp32"),
+                   help="override the gate's reference: fp32 judges against the --oracle-fp32 trace outright")
     p.add_argument("--tokenizer", metavar="DIR",
                    help="folder with tokenizer.json, to show tokens as text (hash checked against the traces)")
     p.add_argument("--list", action="store_true", help="list the defined gates and exit")
@@ -95,7 +100,8 @@ def run(args) -> int:
         raise InputError("--oracle TRACE and --candidate TRACE are required (running models on demand is "
                          "`flipgate compare`)")
     policy = with_overrides(gates[args.gate], min_margin=args.min_margin, margin_space=args.margin_space,
-                            max_defects=args.max_defects, min_cosine=args.min_cosine, max_kl=_max_kl(args.max_kl))
+                            max_defects=args.max_defects, min_cosine=args.min_cosine, max_kl=_max_kl(args.max_kl),
+                            reference=args.reference)
     oracle, candidate = open_trace(args.oracle), open_trace(args.candidate)
     control = open_trace(args.control) if args.control else None
     if args.no_control:
@@ -108,7 +114,8 @@ def run(args) -> int:
     decode = None
     if args.tokenizer:
         decode = _decoder(args.tokenizer, [t for t in (oracle, candidate, control) if t is not None])
-    verdict = evaluate(oracle, candidate, control, policy=policy, decode=decode)
+    oracle_fp32 = open_trace(args.oracle_fp32) if args.oracle_fp32 else None
+    verdict = evaluate(oracle, candidate, control, policy=policy, decode=decode, oracle_fp32=oracle_fp32)
     print_verdict(verdict)
     if args.json:
         verdict.write(args.json)

@@ -14,9 +14,9 @@ def register(sub) -> None:
                     "logit's magnitude (below what a bf16 oracle can resolve). The JSON output stores, per "
                     "position, both oracles' top-1, top-2 and margin. Exit 1 if the oracles disagree where A "
                     "is confident (margin >= --min-margin) or a row holds NaN/Inf.",
-        example="flipgate oracle --out oracle-bf16.safetensors\n"
-                "flipgate oracle --stream --sequences oracle-bf16.safetensors --out oracle-fp32.safetensors\n"
-                "flipgate oracle-diff oracle-bf16.safetensors oracle-fp32.safetensors -o oracle-diff.json")
+        example="flipgate oracle-diff oracle-bf16.safetensors oracle-fp32.safetensors -o oracle-diff.json\n"
+                "# the two traces:  flipgate oracle --out oracle-bf16.safetensors\n"
+                "#   flipgate oracle --stream --sequences oracle-bf16.safetensors --out oracle-fp32.safetensors")
     p.add_argument("a", metavar="A", help="the reduced-precision (bf16) oracle trace")
     p.add_argument("b", metavar="B", help="the float32 oracle trace of the same cases")
     p.add_argument("-o", "--output", metavar="JSON", help="write every position (flipgate.oracle-diff/1)")

@@ -338,9 +338,3 @@ def test_decode_fills_the_text_fields(pair):
     assert p["context_text"] == "".join(f"<{i}>" for i in ids[:p["position"]])
     assert p["oracle_top1_text"] == f"<{p['oracle_top1']}>" and p["control_top1_text"] is None
     assert p["oracle_top2_text"] == f"<{p['oracle_top2']}>"
-
-
-def test_oracle_fp32_is_reserved(pair):
-    tmp, o, op = pair
-    with pytest.raises(NotImplementedError):
-        evaluate(op, op, policy=POLICY, oracle_fp32=op)
