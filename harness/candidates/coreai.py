@@ -130,6 +130,16 @@ class _BundleCandidate:
                              f"but the oracle's vocabulary has {self.vocab_size} entries")
 
 
+def _output_tail(proc) -> str:
+    """The last lines llm-runner said, on one line: stderr's tail, with any error line from stdout
+    (the Swift runner prints some errors there) put first."""
+    err = [ln.strip() for ln in (proc.stderr or "").splitlines() if ln.strip()]
+    out = [ln.strip() for ln in (proc.stdout or "").splitlines() if ln.strip()]
+    flagged = [ln for ln in out if ln.lower().startswith(("error", "fatal"))]
+    lines = flagged[-1:] + (err or out)[-STDERR_TAIL_LINES:]
+    return " | ".join(lines)[-600:] or "no output"
+
+
 class LlmRunnerCandidate(_BundleCandidate):
     """`llm-runner` per case, teacher forced through `--raw-tokens`, full logits saved."""
 
@@ -174,9 +184,7 @@ class LlmRunnerCandidate(_BundleCandidate):
         except OSError as e:
             raise RunnerError(f"{where} could not start ({self.llm_runner}: {e.strerror or e})") from None
         if proc.returncode != 0:
-            tail = [ln.strip() for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
-            said = " | ".join(tail[-STDERR_TAIL_LINES:])[-600:] or "no output"
-            raise RunnerError(f"{where} exited with status {proc.returncode}: {said}")
+            raise RunnerError(f"{where} exited with status {proc.returncode}: {_output_tail(proc)}")
         if not out.is_file():
             raise RunnerError(f"{where} exited 0 but wrote no logits file ({out.name}); is it an llm-runner "
                               f"that supports --save-logits-length full?")
@@ -326,12 +334,41 @@ def _np_dtype(name) -> np.dtype:
     return np.dtype(ml_dtypes.bfloat16) if s == "bfloat16" else np.dtype(s)
 
 
+def _spec_options(rest: str, allowed: dict[str, type], options: dict) -> tuple[str, dict]:
+    """`BUNDLE_DIR?variant=int8hu&llm_runner=/path`: options written into the spec itself, so a gate in
+    flipgate.toml (`candidate = "coreai:bundles/X?variant=int8hu"`) can say what a command line would.
+    The spec's options win over the caller's."""
+    from urllib.parse import parse_qsl
+
+    bundle, sep, query = rest.partition("?")
+    if not sep:
+        return rest, options
+    merged = dict(options)
+    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+        if key not in allowed:
+            raise InputError(f"candidate option {key!r} in {rest!r}: expected one of {', '.join(allowed)}")
+        try:
+            merged[key] = allowed[key](value)
+        except ValueError:
+            raise InputError(f"candidate option {key}={value!r} in {rest!r}: not a {allowed[key].__name__}") from None
+    return bundle, merged
+
+
+_LLM_RUNNER_KEYS = {"variant": str, "llm_runner": str, "engine": str, "timeout": float, "keep_dumps": str}
+_PYTHON_KEYS = {"variant": str, "compute_units": str, "function": str}
+
+
 def llm_runner_candidate(bundle_dir: str, **options) -> LlmRunnerCandidate:
-    """`coreai:BUNDLE_DIR`; options: llm_runner, variant, model, recipes, vocab_size, engine, timeout,
-    extra_args, keep_dumps, audit."""
+    """`coreai:BUNDLE_DIR[?variant=V&llm_runner=PATH&engine=E&timeout=S&keep_dumps=DIR]`; options also
+    model, recipes, vocab_size, extra_args, audit. The runner defaults to $FLIPGATE_LLM_RUNNER, then PATH."""
+    bundle_dir, options = _spec_options(bundle_dir, _LLM_RUNNER_KEYS, options)
+    if not options.get("llm_runner") and os.environ.get("FLIPGATE_LLM_RUNNER"):
+        options["llm_runner"] = os.environ["FLIPGATE_LLM_RUNNER"]
     return LlmRunnerCandidate(bundle_dir, **options)
 
 
 def python_candidate(bundle_dir: str, **options) -> PythonCandidate:
-    """`coreai-python:BUNDLE_DIR`; options: variant, model, recipes, vocab_size, compute_units, function, audit."""
+    """`coreai-python:BUNDLE_DIR[?variant=V&compute_units=cpu|gpu|ane|all&function=F]`; options also
+    model, recipes, vocab_size, audit."""
+    bundle_dir, options = _spec_options(bundle_dir, _PYTHON_KEYS, options)
     return PythonCandidate(bundle_dir, **options)

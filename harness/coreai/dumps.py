@@ -133,15 +133,17 @@ def dump_rows(dump: LogitsDump, seq: CaseSequence, vocab_size: int | None):
         logits = scored_rows(dump, seq.input_ids, seq.rows, case=seq.case_id, vocab_size=vocab_size)
         return seq.input_ids, logits
     # No continuation in the case file: it is the one the dump was made from, echoed row by row.
-    p = len(seq.prompt_ids)
-    if dump.rows < p:
+    p, first = len(seq.prompt_ids), dump.first
+    head = dump.context_ids if dump.context_ids is not None else seq.prompt_ids[:first]
+    ids = np.concatenate([head, dump.token_ids]).astype(np.int64)
+    if len(ids) <= p:
         raise InputError(f"{dump.path}: case {seq.case_id!r}: {dump.rows} rows cannot hold a {p}-token prompt "
                          f"and a continuation")
-    ids = np.concatenate([seq.prompt_ids, dump.token_ids[p - 1:]]).astype(np.int64)
-    if not np.array_equal(dump.token_ids[: p - 1], seq.prompt_ids[1:]):
-        j = int(np.flatnonzero(dump.token_ids[: p - 1] != seq.prompt_ids[1:])[0])
-        raise InputError(f"{dump.path}: token index {j}: case {seq.case_id!r}: the dump's prompt is not the "
-                         f"case's (token {int(dump.token_ids[j])} where the prompt has {int(seq.prompt_ids[j + 1])})")
+    if not np.array_equal(ids[:p], seq.prompt_ids):
+        j = int(np.flatnonzero(ids[:p] != seq.prompt_ids)[0])
+        raise InputError(f"{dump.path}: token index {max(j - first, 0)}: case {seq.case_id!r}: the dump's prompt is "
+                         f"not the case's (token {int(ids[j])} at position {j} where the prompt has "
+                         f"{int(seq.prompt_ids[j])})")
     return ids, scored_rows(dump, ids, len(ids) - p, case=seq.case_id, vocab_size=vocab_size)
 
 

@@ -1,16 +1,21 @@
-"""The `llm-runner --save-logits FILE --save-logits-length full` format, read and written.
+"""`llm-runner --save-logits FILE --save-logits-length full` files, read and written.
 
-apple/coreai-models' `LogitsWriter` writes one JSON object:
+apple/coreai-models' `LogitsWriter` writes full logits as base64 of the raw little-endian values
+(`LogitsScalarType`, float16; the writer is generic, so float32 rows are read too when the
+vocabulary size tells them apart), in one of two layouts:
 
-    {"tokens": [{"token_id": 17, "incremental_text": " the", "logits_base64": "..."}, ...]}
+  - generation (`saveFullJSON`):  {"tokens": [{"token_id", "incremental_text", "logits_base64"}, ...]}
+    one entry per step: the token of that step and the logits that produced it;
+  - evaluation (`saveEvaluationJSON`, what `--raw-tokens` writes in the llm-runner source read for
+    this module): {"context_tokens": [...], "continuation_tokens": [...], "positions": [{"index",
+    "target_token", "target_text", "target_probability", "target_log_prob", "logits_base64"}, ...],
+    "total_log_probability", ...}, one position per continuation token.
 
-one entry per generation step: the token of that step and the base64 of the raw little-endian
-logits the step produced (float16 from the sequential engine; the writer is generic over the float
-type, so float32 rows are read too when the vocabulary size tells them apart). With
-`--raw-tokens F.json` (`{"tokens": [x0, x1, ...]}`) and the sequential engine the run is teacher
-forced: x0 is context, and step j consumes x[j] and records the logits that predict x[j+1], with
-`token_id` = x[j+1]. So N raw tokens give N - 1 rows, and DESIGN.md's trace row k (the prediction of
-x[P+k]) is file row P + k - 1.
+Both are read into one `LogitsDump`: row j predicts token x[first + j], where `first` is 1 for the
+generation layout (x0 is context, each step consumes x[j] and records the logits that predict
+x[j+1], `token_id` = x[j+1]) and len(context_tokens) for the evaluation layout (1 when llm-runner
+forces every raw token after the first). So N raw tokens give N - first rows, and DESIGN.md's trace
+row k (the prediction of x[P+k]) is dump row P + k - first.
 
 Every error names the file and the token index (the row) at fault; rows are decoded exactly (no
 float round trip), so NaN and Inf bit patterns survive and are judged `invalid` by the gate.
@@ -52,9 +57,12 @@ class LogitsDump:
     """One `--save-logits` file: row j holds the logits of step j and the token that step names."""
 
     path: Path
-    token_ids: np.ndarray   # int64 [rows]
+    token_ids: np.ndarray   # int64 [rows]: the token each row predicts, as the runner echoed it
     texts: tuple[str, ...]
     logits: np.ndarray      # [rows, width], float16 (or float32), exactly as written
+    first: int = 1          # row 0 predicts x[first]
+    context_ids: np.ndarray | None = None  # x[0 .. first-1] where the file names them
+    layout: str = "tokens"  # "tokens" (generation) or "positions" (evaluation)
 
     @property
     def rows(self) -> int:
@@ -110,13 +118,17 @@ def read_logits_file(path: str | os.PathLike, *, dtype: str = "auto", vocab_size
         # A file cut short (the runner killed mid-write, a partial copy) no longer ends its object.
         what = "truncated" if data.strip()[-1:] not in (b"}", b"]") else "malformed"
         raise LogitsFileError(p, f"{what} JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    if not isinstance(doc, dict) or "tokens" not in doc:
-        raise LogitsFileError(p, 'not an llm-runner logits file (expected {"tokens": [...]})')
-    rows = doc["tokens"]
+    if isinstance(doc, dict) and "positions" in doc:
+        layout, key, id_key, text_key = "positions", "positions", "target_token", "target_text"
+    elif isinstance(doc, dict) and "tokens" in doc:
+        layout, key, id_key, text_key = "tokens", "tokens", "token_id", "incremental_text"
+    else:
+        raise LogitsFileError(p, 'not an llm-runner logits file (expected {"tokens": [...]} or {"positions": [...]})')
+    rows = doc[key]
     if not isinstance(rows, list):
-        raise LogitsFileError(p, "'tokens' is not a list")
+        raise LogitsFileError(p, f"{key!r} is not a list")
     if not rows:
-        raise LogitsFileError(p, "'tokens' is empty: the runner recorded no logits")
+        raise LogitsFileError(p, f"{key!r} is empty: the runner recorded no logits")
     ids: list[int] = []
     texts: list[str] = []
     data: list[bytes] = []
@@ -124,14 +136,17 @@ def read_logits_file(path: str | os.PathLike, *, dtype: str = "auto", vocab_size
         if not isinstance(row, dict):
             raise LogitsFileError(p, "entry is not a JSON object", j)
         if "logits_base64" not in row:
-            hint = " (a top-K file: rerun with --save-logits-length full)" if "top_logits" in row else ""
+            hint = (" (a top-K file: rerun with --save-logits-length full)"
+                    if {"top_logits", "top_k"} & set(row) else "")
             raise LogitsFileError(p, f"entry has no 'logits_base64'{hint}", j)
-        tid = row.get("token_id")
+        if layout == "positions" and row.get("index", j) != j:
+            raise LogitsFileError(p, f"position 'index' {row.get('index')!r} out of order (expected {j})", j)
+        tid = row.get(id_key)
         if not isinstance(tid, int) or isinstance(tid, bool) or tid < 0:
-            raise LogitsFileError(p, f"'token_id' must be a non-negative integer, found {tid!r}", j)
-        text = row.get("incremental_text", "")
+            raise LogitsFileError(p, f"{id_key!r} must be a non-negative integer, found {tid!r}", j)
+        text = row.get(text_key, "")
         if not isinstance(text, str):
-            raise LogitsFileError(p, "'incremental_text' is not a string", j)
+            raise LogitsFileError(p, f"{text_key!r} is not a string", j)
         b64 = row["logits_base64"]
         if not isinstance(b64, str):
             raise LogitsFileError(p, "'logits_base64' is not a string", j)
@@ -141,6 +156,16 @@ def read_logits_file(path: str | os.PathLike, *, dtype: str = "auto", vocab_size
         ids.append(tid)
         texts.append(text)
         data.append(raw)
+    first, context = 1, None
+    if layout == "positions":
+        context = _id_list(doc.get("context_tokens"), p, "context_tokens")
+        cont = doc.get("continuation_tokens")
+        if cont is not None and _id_list(cont, p, "continuation_tokens").tolist() != ids:
+            raise LogitsFileError(p, "'continuation_tokens' are not the positions' target tokens")
+        if context is not None:
+            if context.size == 0:
+                raise LogitsFileError(p, "'context_tokens' is empty: the first token cannot be predicted")
+            first = int(context.size)
     dt = _element_dtype(len(data[0]), dtype, vocab_size)
     nbytes = len(data[0])
     if nbytes % dt.itemsize:
@@ -153,7 +178,16 @@ def read_logits_file(path: str | os.PathLike, *, dtype: str = "auto", vocab_size
                                      f"({len(raw)} bytes), {short} than row 0's {nbytes // dt.itemsize} "
                                      f"(truncated or corrupted row)", j)
     logits = np.frombuffer(b"".join(data), dtype=dt).reshape(len(data), nbytes // dt.itemsize)
-    return LogitsDump(p, np.asarray(ids, dtype=np.int64), tuple(texts), logits.astype(dt.newbyteorder("="), copy=False))
+    return LogitsDump(p, np.asarray(ids, dtype=np.int64), tuple(texts),
+                      logits.astype(dt.newbyteorder("="), copy=False), first, context, layout)
+
+
+def _id_list(value, path, key: str) -> np.ndarray | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value):
+        raise LogitsFileError(path, f"{key!r} must be a list of non-negative token ids")
+    return np.asarray(value, dtype=np.int64)
 
 
 def encode_row(logits: np.ndarray) -> str:
@@ -165,14 +199,34 @@ def encode_row(logits: np.ndarray) -> str:
 
 
 def write_logits_file(path: str | os.PathLike, token_ids: Sequence[int], logits: np.ndarray,
-                      texts: Iterable[str] | None = None) -> Path:
-    """Write rows in LogitsWriter's format (pretty-printed, sorted keys), atomically."""
+                      texts: Iterable[str] | None = None, *, layout: str = "tokens",
+                      context_ids: Sequence[int] = ()) -> Path:
+    """Write rows as LogitsWriter does (pretty-printed, sorted keys), atomically: `layout="tokens"`
+    (generation) or `"positions"` (evaluation, with `context_ids` = the tokens before row 0's target)."""
     lg = np.asarray(logits)
     if lg.ndim != 2 or lg.shape[0] != len(token_ids):
         raise ValueError(f"logits must be [rows={len(token_ids)}, vocab], got {list(lg.shape)}")
     texts = list(texts) if texts is not None else [""] * len(token_ids)
-    doc = {"tokens": [{"incremental_text": t, "logits_base64": encode_row(row), "token_id": int(tid)}
-                      for tid, t, row in zip(token_ids, texts, lg)]}
+    if layout == "tokens":
+        doc: dict = {"tokens": [{"incremental_text": t, "logits_base64": encode_row(row), "token_id": int(tid)}
+                                for tid, t, row in zip(token_ids, texts, lg)]}
+    elif layout == "positions":
+        positions, total = [], 0.0
+        for i, (tid, t, row) in enumerate(zip(token_ids, texts, lg)):
+            x = row.astype(np.float64)
+            m = np.max(x)
+            # LogitsWriter logs max(p, 1e-10): keep the summary numbers finite (JSON has no NaN)
+            logp = float(x[int(tid)] - m - np.log(np.sum(np.exp(x - m)))) if np.isfinite(x).all() else float(np.log(1e-10))
+            total += logp
+            positions.append({"index": i, "logits_base64": encode_row(row), "target_log_prob": logp,
+                              "target_probability": float(np.exp(logp)), "target_text": t, "target_token": int(tid)})
+        n = max(len(positions), 1)
+        doc = {"average_log_probability": total / n, "context": f"(raw tokens: {len(context_ids) + len(token_ids)} ids)",
+               "context_tokens": [int(t) for t in context_ids], "continuation": f"(forced: {len(token_ids)} ids)",
+               "continuation_tokens": [int(t) for t in token_ids], "perplexity": float(np.exp(-total / n)),
+               "positions": positions, "total_log_probability": total}
+    else:
+        raise ValueError(f"layout must be 'tokens' or 'positions', not {layout!r}")
     dest = Path(path)
     with atomic_path(dest) as tmp:
         tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False), encoding="utf-8")
@@ -203,33 +257,39 @@ def scored_rows(dump: LogitsDump, input_ids: np.ndarray, rows: int, *, case: str
                 vocab_size: int | None = None) -> np.ndarray:
     """The trace rows of a case from a teacher-forced dump (DESIGN.md, "Teacher forcing").
 
-    Checks, naming the file, the case and the token index: one row per token after the first
-    (N - 1 rows; off by one either way is reported as such), each row's echoed token id equal to
-    the case's token it predicts, and the row width equal to the oracle's vocabulary.
-    Returns the last `rows` rows: row k predicts x[P + k].
+    Checks, naming the file, the case and the token index: one row per token after the dump's
+    context (N - first rows; off by one either way is reported as such), the context and each
+    row's echoed token id equal to the case's tokens, and the row width equal to the oracle's
+    vocabulary. Returns the last `rows` rows: row k predicts x[P + k].
     """
     ids = np.asarray(input_ids, dtype=np.int64)
-    n = int(ids.shape[0])
+    n, first = int(ids.shape[0]), dump.first
     where = f"case {case!r}"
-    if dump.rows != n - 1:
-        if dump.rows == n:
+    if dump.context_ids is not None and not np.array_equal(dump.context_ids, ids[:first]):
+        raise LogitsFileError(dump.path, f"{where}: the dump's context tokens {dump.context_ids.tolist()[:8]} are not "
+                                         f"the case's first {first} tokens: the dump was made from another sequence")
+    if dump.rows != n - first:
+        if dump.rows == n - first + 1:
             why = ("one row more than the case's tokens after the first: was the first token scored too, "
                    "or a token appended?")
-        elif dump.rows == n - 2:
+        elif dump.rows == n - first - 1:
             why = "one row short: the runner stopped before the last token"
         else:
             why = "the dump was made from another token sequence"
-        raise LogitsFileError(dump.path, f"{where}: {dump.rows} rows for {n} raw tokens, expected {n - 1} "
-                                         f"(one per token after the first); {why}")
+        raise LogitsFileError(dump.path, f"{where}: {dump.rows} rows for {n} raw tokens, expected {n - first} "
+                                         f"(one per token after the first{'' if first == 1 else f' {first}'}); {why}")
     if vocab_size is not None and dump.width != vocab_size:
         raise LogitsFileError(dump.path, f"{where}: rows are {dump.width} logits wide, but the oracle's "
                                          f"vocabulary has {vocab_size} entries (another model or tokenizer?)")
-    bad = np.flatnonzero(dump.token_ids != ids[1:])
+    bad = np.flatnonzero(dump.token_ids != ids[first:])
     if bad.size:
         j = int(bad[0])
         raise LogitsFileError(dump.path, f"{where}: the runner echoed token {int(dump.token_ids[j])} where the "
-                                         f"case has {int(ids[j + 1])} (position {j + 1}; {bad.size} of "
+                                         f"case has {int(ids[first + j])} (position {first + j}; {bad.size} of "
                                          f"{dump.rows} rows differ): the dump was made from another sequence", j)
     if not 1 <= rows <= n - 1:
         raise ValueError(f"{where}: {rows} scored rows do not fit {n} tokens")
-    return dump.logits[n - 1 - rows:]
+    if n - rows < first:
+        raise LogitsFileError(dump.path, f"{where}: the dump's rows start at token {first}, after the first scored "
+                                         f"position {n - rows}: rerun with a shorter context")
+    return dump.logits[n - first - rows:]

@@ -8,8 +8,10 @@ the token the row predicts, logits_base64 = raw little-endian float16), with log
 BUNDLE/standin-logits.safetensors: a trace whose rows are the emulated variant's logits for every
 position of each sequence. It shares no code with flipgate's reader on purpose.
 
-FLIPGATE_STANDIN_FAULT injects one failure mode: exit, no-file, truncate, extra-row, short-rows,
-wide, wrong-id, nan.
+Two layouts, as LogitsWriter has two: FLIPGATE_STANDIN_LAYOUT=positions (the default: the
+evaluation JSON the llm-runner source writes for --raw-tokens) or tokens (the generation JSON).
+FLIPGATE_STANDIN_FAULT injects one failure mode: exit, stdout-error, no-file, truncate, extra-row,
+short-rows, wide, wrong-id, nan.
 """
 
 import argparse
@@ -37,6 +39,10 @@ def main(argv=None) -> int:
         print("error: CoreAI: function 'main' failed to specialize", file=sys.stderr)
         print("Fatal error: model load failed (code 7)", file=sys.stderr)
         return 3
+    if fault == "stdout-error":
+        print("Generating...")
+        print("Error: The inference engine does not support returning logits")
+        return 1
     if args.inference_engine_variant != "coreai-sequential":
         print("error: logits are sampled on device by the pipelined engine; use coreai-sequential", file=sys.stderr)
         return 64
@@ -75,15 +81,34 @@ def main(argv=None) -> int:
         rows = rows.copy()
         rows[-1, 0] = np.nan
 
-    entries = [{"incremental_text": f"<{t}>", "logits_base64": base64.b64encode(r.astype("<f2").tobytes()).decode(),
-                "token_id": int(t)} for t, r in zip(ids, rows)]
-    text = json.dumps({"tokens": entries}, indent=2, sort_keys=True)
+    if os.environ.get("FLIPGATE_STANDIN_LAYOUT", "positions") == "tokens":
+        doc = {"tokens": [{"incremental_text": f"<{t}>", "logits_base64": _b64(r), "token_id": int(t)}
+                          for t, r in zip(ids, rows)]}
+    else:
+        positions = []
+        for i, (t, r) in enumerate(zip(ids, rows)):
+            x = r.astype(np.float64)
+            # LogitsWriter logs max(p, 1e-10): a row with NaN still gets a finite number
+            logp = float(x[t] - x.max() - np.log(np.exp(x - x.max()).sum())) if np.isfinite(x).all() else np.log(1e-10)
+            positions.append({"index": i, "logits_base64": _b64(r), "target_log_prob": logp,
+                              "target_probability": float(np.exp(logp)), "target_text": f"<{t}>",
+                              "target_token": int(t)})
+        total = float(sum(p["target_log_prob"] for p in positions))
+        doc = {"average_log_probability": total / len(positions), "context": f"(raw tokens: {len(tokens)} ids)",
+               "context_tokens": tokens[:1], "continuation": f"(forced: {len(tokens) - 1} ids)",
+               "continuation_tokens": [int(t) for t in ids], "perplexity": float(np.exp(-total / len(positions))),
+               "positions": positions, "total_log_probability": total}
+    text = json.dumps(doc, indent=2, sort_keys=True)
     if fault == "truncate":
         text = text[: len(text) // 2]
     with open(args.save_logits, "w", encoding="utf-8") as f:
         f.write(text)
-    print(f"Saved full logits to {args.save_logits} (tokens: {len(entries)}, vocab: {rows.shape[1]})", file=sys.stderr)
+    print(f"Saved evaluation results to {args.save_logits} ({len(ids)} rows, vocab: {rows.shape[1]})", file=sys.stderr)
     return 0
+
+
+def _b64(row) -> str:
+    return base64.b64encode(np.asarray(row, dtype="<f2").tobytes()).decode()
 
 
 if __name__ == "__main__":

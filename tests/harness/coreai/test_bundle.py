@@ -117,8 +117,8 @@ def _audit(storage: dict) -> AssetAudit:
     return AssetAudit(Path("x.aimodel"), {}, storage, (), ())
 
 
-# Element counts shaped like the fixture: body linears 1,901,568, lm_head 262,144, embeddings 262,144.
-BODY, HEAD, EMBED = 1_901_568, 262_144, 262_144
+# Element counts shaped like the fixture: body linears 1,893,376, lm_head 262,144, embeddings 262,144.
+BODY, HEAD, EMBED = 1_893_376, 262_144, 262_144
 EXPECTED = {"fp16": {}, "int8lin": {8: BODY}, "int8hu": {8: BODY + HEAD}, "int4lin": {4: BODY}}
 INT8HU = {"Int8": BODY + HEAD, "Float16": EMBED + 70_000, "Int32": 251, "Bool": 44}
 INT8LIN = {"Int8": BODY, "Float16": EMBED + HEAD + 60_000, "Int32": 251}
@@ -139,12 +139,12 @@ def test_storage_mix_counts_weights_only():
     (FP16, "fp16", True, ""),
     (INT4, "int4lin", True, ""),
     (FP16, "int8hu", False, r"quantizes to int8, but the asset stores no 8-bit integer weights \(Float16 100.0%\)"),
-    (INT4, "fp16", False, r"whose recipe keeps every weight fp16, but the asset stores 1,901,568 elements of 4-bit"),
+    (INT4, "fp16", False, r"whose recipe keeps every weight fp16, but the asset stores 1,893,376 elements of 4-bit"),
     (INT8HU, "fp16", False, r"keeps every weight fp16, but the asset stores .* 8-bit integers .*; its storage fits int8hu"),
-    (INT8LIN, "int8hu", False, r"quantizes 2,163,712 weights to int8 on the oracle model, but the asset stores "
-                               r"1,901,568 as 8-bit integers .*; its storage fits int8lin"),
-    (INT8HU, "int8lin", False, r"quantizes 1,901,568 weights to int8 .* stores 2,163,712 .*fits int8hu"),
-    (INT4, "int8hu", False, r"quantizes to int8 only, but the asset stores 1,901,568 elements of 4-bit integers"),
+    (INT8LIN, "int8hu", False, r"quantizes 2,155,520 weights to int8 on the oracle model, but the asset stores "
+                               r"1,893,376 as 8-bit integers .*; its storage fits int8lin"),
+    (INT8HU, "int8lin", False, r"quantizes 1,893,376 weights to int8 .* stores 2,155,520 .*fits int8hu"),
+    (INT4, "int8hu", False, r"quantizes to int8 only, but the asset stores 1,893,376 elements of 4-bit integers"),
 ])
 def test_variant_against_storage(storage, variant, ok, message):
     recipes = load_recipes()

@@ -20,8 +20,10 @@ def _run(bundle, oracle_path, runner, **options):
     return cand, list(cand.run(sequences_from_trace(oracle)))
 
 
-def test_rows_are_the_dumped_logits_at_the_scored_positions(light_bundle, coreai_oracle, emulated_int8hu,
-                                                             llm_runner_standin, fixture_dir):
+@pytest.mark.parametrize("layout", ["positions", "tokens"])
+def test_rows_are_the_dumped_logits_at_the_scored_positions(layout, light_bundle, coreai_oracle, emulated_int8hu,
+                                                             llm_runner_standin, fixture_dir, monkeypatch):
+    monkeypatch.setenv("FLIPGATE_STANDIN_LAYOUT", layout)
     cand, cases = _run(light_bundle, coreai_oracle, llm_runner_standin, variant="int8hu",
                        model=str(fixture_dir), audit=False)
     assert (cand.runner, cand.variant) == ("coreai-llm-runner", "int8hu")
@@ -45,6 +47,8 @@ def test_argv_is_what_llm_runner_takes(light_bundle, llm_runner_standin, tmp_pat
 @pytest.mark.parametrize("fault, message", [
     ("exit", r"case 'gzip': llm-runner exited with status 3: Loading bundle \.\.\. \| error: CoreAI: function "
              r"'main' failed to specialize \| Fatal error: model load failed \(code 7\)"),
+    ("stdout-error", r"exited with status 1: Error: The inference engine does not support returning logits \| "
+                     r"Generating\.\.\."),
     ("no-file", r"case 'gzip': llm-runner exited 0 but wrote no logits file \(gzip.logits.json\)"),
     ("truncate", r"case 'gzip': llm-runner output is unusable: .*gzip.logits.json: truncated JSON"),
     ("extra-row", r"output is unusable: .*case 'gzip': (\d+) rows for (\d+) raw tokens, .* one row more"),

@@ -164,3 +164,52 @@ def test_raw_tokens_file(tmp_path):
     p = write_raw_tokens(tmp_path / "t.json", np.array([1, 2, 3]))
     assert json.loads(p.read_text()) == {"tokens": [1, 2, 3]}
     assert read_raw_tokens(p) == [1, 2, 3]
+
+
+# -- the evaluation layout (what llm-runner writes for --raw-tokens) ------------------------------------
+
+def test_positions_layout_round_trips_and_maps_rows(tmp_path):
+    ids = np.array([5, 6, 7, 8, 9, 10])
+    logits = np.random.default_rng(3).normal(size=(5, 16)).astype(np.float16)
+    logits[1, 2] = np.inf
+    p = write_logits_file(tmp_path / "e.json", ids[1:], logits, layout="positions", context_ids=ids[:1])
+    doc = json.loads(p.read_text())
+    assert doc["context_tokens"] == [5] and doc["continuation_tokens"] == [6, 7, 8, 9, 10]
+    assert list(doc["positions"][0]) == ["index", "logits_base64", "target_log_prob", "target_probability",
+                                         "target_text", "target_token"]
+    dump = read_logits_file(p)
+    assert (dump.layout, dump.first, dump.context_ids.tolist()) == ("positions", 1, [5])
+    assert np.array_equal(dump.logits.view(np.uint16), logits.view(np.uint16))
+    assert np.array_equal(scored_rows(dump, ids, 3, case="c"), logits[2:])
+
+
+def test_positions_layout_with_a_longer_context(tmp_path):
+    ids = np.array([5, 6, 7, 8, 9, 10])
+    logits = np.arange(3 * 16, dtype=np.float16).reshape(3, 16)
+    dump = read_logits_file(write_logits_file(tmp_path / "e.json", ids[3:], logits, layout="positions",
+                                              context_ids=ids[:3]))
+    assert dump.first == 3
+    assert np.array_equal(scored_rows(dump, ids, 2, case="c"), logits[1:])   # x[4], x[5]
+    with pytest.raises(LogitsFileError, match="the dump's rows start at token 3, after the first scored position 2"):
+        scored_rows(dump, ids, 4, case="c")
+    other = ids.copy()
+    other[1] = 60
+    with pytest.raises(LogitsFileError, match=r"context tokens \[5, 6, 7\] are not the case's first 3 tokens"):
+        scored_rows(dump, other, 2, case="c")
+
+
+def test_positions_layout_inconsistencies(tmp_path):
+    row = encode_row(np.ones(4, dtype=np.float16))
+    base = {"context_tokens": [1], "continuation_tokens": [2, 3],
+            "positions": [{"index": 0, "target_token": 2, "logits_base64": row},
+                          {"index": 1, "target_token": 3, "logits_base64": row}]}
+    p = tmp_path / "e.json"
+    p.write_text(json.dumps({**base, "continuation_tokens": [2, 4]}))
+    with pytest.raises(LogitsFileError, match="'continuation_tokens' are not the positions' target tokens"):
+        read_logits_file(p)
+    p.write_text(json.dumps({**base, "positions": base["positions"][::-1]}))
+    with pytest.raises(LogitsFileError, match=r"token index 0: position 'index' 1 out of order"):
+        read_logits_file(p)
+    p.write_text(json.dumps({**base, "positions": [{"index": 0, "target_token": 2, "top_k": []}]}))
+    with pytest.raises(LogitsFileError, match="a top-K file: rerun with --save-logits-length full"):
+        read_logits_file(p)
