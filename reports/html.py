@@ -311,6 +311,9 @@ def render_html(report: Report, plots: Mapping[str, bytes] | None = None,
     if plots:
         body.append(_plots(plots, beside or {}))
     body.append(_flip_section(report))
+    if report.localisations:
+        from .localise import section_html
+        body.extend(section_html(d) for d in report.localisations)
     if subject is not None:
         body.append(_provenance(report))
         body.append(_signoff())

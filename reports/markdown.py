@@ -111,6 +111,10 @@ def render_markdown(report: Report, plots: Mapping[str, str] | None = None) -> s
     out += comparison_lines(report)
     out += _plot_lines(plots)
     out += flip_lines(report)
+    if report.localisations:
+        from .localise import markdown_lines
+        for d in report.localisations:
+            out += markdown_lines(d)
     if subject is not None:
         out += provenance_lines(report, subject_provenance(report))
         out += signoff_lines()

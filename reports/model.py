@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -377,6 +377,7 @@ class Report:
     all_positions: bool = False
     subject: str | None = None
     made: dict | None = None
+    localisations: list = field(default_factory=list)  # flipgate.localise/1 records (reports/localise.py)
 
     @property
     def subject_verdict(self) -> dict | None:
