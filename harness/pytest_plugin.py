@@ -185,7 +185,7 @@ class GateSession:
         if gate_config is not None and not gate_config.is_file():
             raise pytest.UsageError(f"--gate-config {gate_config}: no such file")
         try:
-            names = select_gates(opt.gate, gate_names(gate_config))
+            names = select_gates(opt.gate, gate_names(gate_config or _bundled_gates()))
         except FlipgateError as e:
             raise pytest.UsageError(f"--gate: {e}") from None
         if opt.gate_candidate and len(names) != 1:
@@ -257,7 +257,7 @@ class GateSession:
         opt = self.config.option
         self._progress(f"judging {', '.join(self.names)} (cache {self.cache_dir})")
         self.run = run_gates(
-            self.names, config=str(self.gate_config) if self.gate_config else None, model=opt.gate_model,
+            self.names, config=str(self.gate_config or _bundled_gates()), model=opt.gate_model,
             cases=opt.gate_cases, cache_dir=str(self.cache_dir), refresh=opt.gate_refresh,
             oracle=opt.gate_oracle, candidate=opt.gate_candidate, control=opt.gate_control,
             log=self._progress)
@@ -315,6 +315,13 @@ class GateSession:
             tr.write_line(_safe_line(verdict.one_line()) + partial, green=bool(verdict), red=not verdict)
         tr.write_line(f"report: {self.report_path}")
         return result
+
+
+def _bundled_gates() -> Path:
+    # named outright: `None` would let the gate loader read a flipgate.toml in the working folder
+    from gates.policy import bundled_gates_path
+
+    return bundled_gates_path()
 
 
 def _home(config: pytest.Config) -> Path:
