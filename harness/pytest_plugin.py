@@ -456,9 +456,9 @@ def position_check(v: dict, p: dict) -> Check:
         ("flipgate.cosine", p["cosine"]), ("flipgate.kl", p["kl"]),
     ]
     suffix = f"{p['case']}/{p['position']}"
-    row = flip_row_text(v, p)
     if cls == "match":
         return Check(suffix, "pass", cls=cls, properties=props)
+    row = flip_row_text(v, p)
     if cls == "tie-flip":
         note = (f"tie-flip: the candidate differs where the oracle is not sure (margin {_fmt(p['margin'])} < "
                 f"{pol.get('min_margin')}): reported, never fails\n{row}")
