@@ -244,6 +244,26 @@ def test_gate_without_defects_says_so(setup, capsys):
     assert loc.to_dict()["positions"] == []
 
 
+def test_cli_gate_without_defects_exits_0(tmp_path, capsys):
+    """int8lin on the unperturbed fixture flips nothing: the command says so, exits 0, writes no report."""
+    from harness.candidates.base import Sequence, capture_to_trace
+    from harness.candidates.emulated import emulated_candidate
+    from harness.cases import load_cases, tokenize_case
+    from harness.models import fixture_model_path, load_tokenizer
+
+    spec = next(s for s in load_cases() if s.id == CASE)
+    ids = np.asarray(tokenize_case(spec, load_tokenizer(fixture_model_path())).prompt_ids)
+    with torch_threads(None, 128):
+        oracle = capture_to_trace(emulated_candidate("fp16"), [Sequence(CASE, ids, ROWS)],
+                                  tmp_path / "oracle.safetensors", vocab_size=2048)
+    rc = main(["localise", "int8lin", "--oracle", str(oracle), "--cache", str(tmp_path / "cache"),
+               "--report-dir", str(tmp_path / "reports"), "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "no defects" in out and "nothing to localise" in out
+    assert not (tmp_path / "reports").exists()
+
+
 def test_nothing_to_restore_is_an_error_naming_both(tmp_path, capsys):
     # same name: refused before anything runs
     assert main(["localise", "int8lin", "--safe", "int8lin", "--cache", str(tmp_path)]) == 2
