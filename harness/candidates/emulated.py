@@ -212,8 +212,6 @@ class EmulatedCandidate:
             t0 = time.perf_counter()
             self._model = quantized_model(self.model_dir, self.recipe, mode=self.mode)
             self.quantize_seconds = time.perf_counter() - t0
-            self._cache_kw = _cache_keyword(self._model)
-            self._decoder_cache_kw = _cache_keyword(self._model.get_decoder())
         return self._model
 
     def metadata(self) -> dict[str, str]:
@@ -247,33 +245,42 @@ class EmulatedCandidate:
             yield CaseTrace(s.case_id, ids, logits)
 
     def rows_stepwise(self, ids: np.ndarray, n_rows: int) -> np.ndarray:
-        """S=1 through the HF cache: feed x[t] for t = 0..N-2; row k is the output after x[P+k-1]."""
-        import torch
-        from transformers import DynamicCache
-
-        model = self.model
-        decoder = model.get_decoder()
-        cache = DynamicCache(config=model.config)
-        kw = {self._cache_kw: cache, "use_cache": True}
-        decoder_kw = {self._decoder_cache_kw: cache, "use_cache": True}
-        x = torch.tensor(ids)[None]
-        first_row = len(ids) - 1 - n_rows  # step whose output is row 0 (= P - 1)
-        rows = []
-        with torch.inference_mode():
-            for t in range(len(ids) - 1):
-                tok = x[:, t:t + 1]
-                if t < first_row:
-                    decoder(input_ids=tok, **decoder_kw)  # prompt steps: the head's logits are not scored
-                else:
-                    rows.append(model(input_ids=tok, **kw).logits[0, -1])
-        return torch.stack(rows).to(torch.float16).numpy()
+        return rows_stepwise(self.model, ids, n_rows)
 
     def rows_full(self, ids: np.ndarray, n_rows: int) -> np.ndarray:
-        import torch
+        return rows_full(self.model, ids, n_rows)
 
-        with torch.inference_mode():
-            logits = self.model(input_ids=torch.tensor(ids)[None]).logits[0]
-        return logits[len(ids) - 1 - n_rows:len(ids) - 1].to(torch.float16).numpy()
+
+def rows_stepwise(model, ids: np.ndarray, n_rows: int) -> np.ndarray:
+    """S=1 through the model's own HF cache: feed x[t] for t = 0..N-2, one token a step, and keep
+    the output after x[P+k-1] as row k (k = 0..n_rows-1). float16 [n_rows, vocab]."""
+    import torch
+    from transformers import DynamicCache
+
+    decoder = model.get_decoder()
+    cache = DynamicCache(config=model.config)
+    kw = {_cache_keyword(model): cache, "use_cache": True}
+    decoder_kw = {_cache_keyword(decoder): cache, "use_cache": True}
+    x = torch.tensor(ids)[None]
+    first_row = len(ids) - 1 - n_rows  # the step whose output is row 0 (= P - 1)
+    rows = []
+    with torch.inference_mode():
+        for t in range(len(ids) - 1):
+            tok = x[:, t:t + 1]
+            if t < first_row:
+                decoder(input_ids=tok, **decoder_kw)  # prompt steps: the head's logits are not scored
+            else:
+                rows.append(model(input_ids=tok, **kw).logits[0, -1])
+    return torch.stack(rows).to(torch.float16).numpy()
+
+
+def rows_full(model, ids: np.ndarray, n_rows: int) -> np.ndarray:
+    """The same rows from one causal pass over the whole sequence (faster, less like the device)."""
+    import torch
+
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor(ids)[None]).logits[0]
+    return logits[len(ids) - 1 - n_rows:len(ids) - 1].to(torch.float16).numpy()
 
 
 def emulated_candidate(variant: str, *, model: str | os.PathLike | None = None,
@@ -293,4 +300,4 @@ def emulated_candidate(variant: str, *, model: str | os.PathLike | None = None,
 
 
 __all__ = ["EmulatedCandidate", "emulated_candidate", "quantized_model", "apply_plan", "prepare_coreai_opt",
-           "coreai_opt_config", "load_fp16", "MODES"]
+           "coreai_opt_config", "load_fp16", "rows_stepwise", "rows_full", "MODES"]

@@ -15,6 +15,7 @@ from harness.recipe import parse_recipes
 from harness.trace import CaseTrace, base_metadata, open_trace, write_trace
 
 FIXTURE = fixture_model_path()
+pytestmark = pytest.mark.slow  # runs the fixture model
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -21,6 +21,8 @@ from harness.errors import InputError
 from harness.models import fixture_model_path, load_tokenizer, weights_sha256
 from harness.recipe import get_recipe, parse_recipes
 
+pytestmark = pytest.mark.slow  # runs the fixture model
+
 VARIANTS = ["fp16", "int8lin", "int8hu", "int4lin", "mixed", "mixed-edge"]
 
 
