@@ -10,7 +10,7 @@ from ..cli import add_command
 EXAMPLE = """\
 flipgate capture int8hu --oracle oracle.safetensors --out int8hu.safetensors
 flipgate capture int4lin --oracle oracle.safetensors --mode coreai-opt      # coreai-opt eager itself
-flipgate capture my-int6 --config recipes.toml --model ~/models/Qwen3.6-27B --oracle oracle.safetensors
+flipgate capture int4-head --config flipgate.toml --model ~/models/Qwen3.6-27B --oracle oracle.safetensors
 flipgate capture fp16 --cases cases.jsonl --full --out fp16.safetensors      # no oracle trace yet
 flipgate capture coreai:~/bundles/Qwen3.6-27B-int8hu --oracle oracle.safetensors   # on macOS"""
 
