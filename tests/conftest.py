@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# One intra-op thread for torch here and in every subprocess a test starts (read at torch import):
+# the fixture is tiny, and idle spinning threads made fp16 forwards 10-100x slower on a busy
+# 2-core machine. Set before any test module imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from harness.trace import base_metadata, write_trace
 

@@ -7,7 +7,7 @@ import pytest
 from gates.policy import GatePolicy, bundled_gates_path, get_gate, load_gates, with_overrides
 from harness.errors import InputError
 
-BUNDLED = ("fp16", "int8lin", "int8hu", "int4lin", "mixed")
+BUNDLED = ("fp16", "int8lin", "int8hu", "int4lin", "mixed", "mixed-edge")
 
 
 def test_the_bundled_gates(monkeypatch, tmp_path):
@@ -39,7 +39,7 @@ def test_a_user_file_overrides_keys_and_adds_gates(tmp_path):
     new = gates["int8hu-logit"]
     assert (new.margin_space, new.min_margin, new.max_defects, new.control) == ("logit", 1.5, 0, "fp16")
     assert gates["int4lin"].control is None
-    assert list(gates)[:5] == list(BUNDLED) and list(gates)[5] == "int8hu-logit"
+    assert list(gates)[:6] == list(BUNDLED) and list(gates)[6] == "int8hu-logit"
 
 
 def test_flipgate_toml_in_the_working_directory_is_picked_up(monkeypatch, tmp_path):
@@ -75,7 +75,7 @@ def test_bad_gate_definitions_are_one_line_errors_naming_file_and_key(tmp_path, 
 
 
 def test_unknown_gate_names_list_the_valid_ones(tmp_path):
-    with pytest.raises(InputError, match=r"unknown gate 'int9' \(valid gates: fp16, int8lin, int8hu, int4lin, mixed\)"):
+    with pytest.raises(InputError, match=r"unknown gate 'int9' \(valid gates: fp16, int8lin, int8hu, int4lin, mixed, mixed-edge\)"):
         get_gate("int9", config_path=_empty(tmp_path))
     with pytest.raises(InputError, match="no such config file"):
         load_gates(tmp_path / "missing.toml")
