@@ -23,7 +23,9 @@ When several groups would do, the one already chosen for an earlier defect wins,
 with fewer weight bytes to restore. The **suggested recipe** restores the union of every defect's
 culprits; it is checked by a trial on every defect case (defects it leaves are localised again on
 top of it) and, unless told not to, by capturing it over the whole case set and judging it with
-the gate's policy.
+the gate's policy. Restorations interact: a suggestion can flip a position the candidate got
+right, so defects that capture finds are localised on top of the suggestion, and the grown
+suggestion verified again (at most VERIFY_ROUNDS captures).
 
 Where the time goes, and what is shared between trials:
   - only the cases holding defects run, each only up to its last defect position, and the head
@@ -33,7 +35,9 @@ Where the time goes, and what is shared between trials:
     below L exactly as an earlier trial that restored the same units below L did. The output of
     every layer at every step is recorded per trial, and a later trial replays the recorded
     output of layer L-1 instead of computing layers 0..L-1 (bit-identical: a layer's output
-    depends only on its input and its own cache). A head-only trial computes nothing but the head.
+    depends only on its input and its own cache; positions are passed explicitly, since a skipped
+    attention layer's cache no longer counts the tokens). A head-only trial computes nothing but
+    the head. tests/harness/test_localise.py checks replayed rows against computed ones bit for bit.
 """
 
 from __future__ import annotations
@@ -102,13 +106,6 @@ def model_bytes(model, plan: dict[str, QuantSpec | None]) -> int:
         else:
             total += 2 * p.numel()
     return total
-
-
-def _fmt_bytes(n: int) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n} B"
 
 
 # -- groups ----------------------------------------------------------------------------------------------

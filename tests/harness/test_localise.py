@@ -144,6 +144,13 @@ def test_report_folder_and_grid(setup, tmp_path):
     folder = setup["folder"]
     assert {p.name for p in folder.iterdir()} == {"localise.html", "localise.md", "localise.json",
                                                   "int8lin-localised.toml"}
+    from reports.localise import load_record
+
+    assert load_record(folder / "localise.json") == json.loads(setup["record"].read_text())
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": "flipgate.verdict/1"}')
+    with pytest.raises(InputError, match="bad.json: schema is 'flipgate.verdict/1'"):
+        load_record(bad)
     md = (folder / "localise.md").read_text()
     assert "## Flip localisation: int8lin" in md and "| 4 |" in md
     grid_line = next(line for line in md.splitlines() if line.startswith("| 4 |"))
