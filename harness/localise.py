@@ -57,6 +57,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .errors import InputError
+from .models import torch_threads
 from .recipe import FORMAT as RECIPES_FORMAT
 from .recipe import QuantSpec, Recipe, _toml_key, _toml_str, _toml_value, parse_recipes
 
@@ -70,7 +71,6 @@ KIND_LABELS = dict(KINDS)
 _MIXER_KINDS = {"self_attn": "attention", "attn": "attention", "attention": "attention",
                 "linear_attn": "gdn", "mlp": "mlp", "feed_forward": "mlp", "block_sparse_moe": "mlp"}
 _LAYER_PART = re.compile(r"(?:^|\.)layers\.(\d+)\.([A-Za-z_][A-Za-z0-9_]*)")
-SMALL_MODEL_HIDDEN = 1024  # at or below this hidden size a trial decodes on one torch thread (see torch_threads)
 RECORD_BYTES = 1 << 30  # recorded layer outputs kept for the layer-prefix reuse (least recently used go first)
 
 
@@ -973,26 +973,6 @@ def defects_of(verdict, oracle) -> list[Defect]:
                           int(p["oracle_top2"]), float(p["margin"]), p["candidate_top1"], p["control_top1"],
                           bool(p.get("confident", True)), dict(p), row))
     return out
-
-
-@contextmanager
-def torch_threads(threads: int | None, hidden_size: int | None = None):
-    """Run with `threads` torch threads (None: one for a small model, else torch's own choice).
-
-    One S=1 step of a small model is a few hundred tiny kernels: on a busy machine a second intra-op
-    thread costs far more in hand-offs than it saves (the fixture decoded 60x slower with 2 threads
-    than with 1 while other jobs ran)."""
-    import torch
-
-    if threads is None and hidden_size is not None and hidden_size <= SMALL_MODEL_HIDDEN:
-        threads = 1
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def localise_traces(policy, *, oracle, candidate_trace, control=None, candidate: Recipe, safe: Recipe,

@@ -5,6 +5,7 @@ torch and transformers are imported inside the functions: importing this module 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from importlib import resources
@@ -14,6 +15,7 @@ from .errors import InputError
 from .fileio import sha256_file
 
 DTYPES = ("bfloat16", "float32", "float16")
+SMALL_MODEL_HIDDEN = 1024  # at or below this hidden size a model runs on one torch thread (torch_threads)
 
 
 def fixture_model_path() -> Path:
@@ -115,3 +117,30 @@ def load_causal_lm(model_dir: Path, dtype: str = "bfloat16", *, device_map=None,
         raise InputError(f"{model_dir}: cannot load as a causal LM ({first})") from None
     model.eval()
     return model
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None = None, hidden_size: int | None = None):
+    """Run with `threads` torch intra-op threads (None: one for a small model, else torch's choice).
+
+    A step of a small model is a few hundred tiny kernels: a second intra-op thread costs more in
+    hand-offs than it saves, and on a busy machine spinning threads made the fixture's fp16 S=1
+    decode 60x slower than on one thread (fp16 depthwise conv: 0.17 s a call on 2 threads, 14 ms on 1).
+    """
+    import torch
+
+    if threads is None and hidden_size is not None and hidden_size <= SMALL_MODEL_HIDDEN:
+        threads = 1
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def hidden_size_of(model) -> int | None:
+    cfg = getattr(model, "config", None)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    return getattr(cfg, "hidden_size", None)

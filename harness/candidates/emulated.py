@@ -31,7 +31,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ..errors import InputError
-from ..models import model_provenance, read_config, resolve_model_dir, tokenizer_sha256
+from ..models import hidden_size_of, model_provenance, read_config, resolve_model_dir, tokenizer_sha256, torch_threads
 from ..quants import QuantizedWeight
 from ..recipe import QuantSpec, Recipe, get_recipe
 from ..trace import CaseTrace
@@ -183,6 +183,7 @@ class EmulatedCandidate:
     model_dir: Path
     mode: str = "fast"
     full: bool = False
+    threads: int | None = None  # torch threads; None: one for a small model (harness.models.torch_threads)
     runner: str = RUNNER
     variant: str = ""
     quantize_seconds: float | None = None
@@ -233,6 +234,10 @@ class EmulatedCandidate:
         }
 
     def run(self, sequences: Iterable[Sequence]) -> Iterator[CaseTrace]:
+        with torch_threads(self.threads, hidden_size_of(self.model)):
+            yield from self._run(sequences)
+
+    def _run(self, sequences: Iterable[Sequence]) -> Iterator[CaseTrace]:
         for s in sequences:
             ids = np.asarray(s.input_ids, dtype=np.int64)
             if ids.ndim != 1 or not 1 <= s.rows <= len(ids) - 1:
@@ -286,13 +291,13 @@ def rows_full(model, ids: np.ndarray, n_rows: int) -> np.ndarray:
 def emulated_candidate(variant: str, *, model: str | os.PathLike | None = None,
                        recipes: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
                        mode: str = "fast", full: bool = False, vocab_size: int | None = None,
-                       **_other) -> EmulatedCandidate:
+                       threads: int | None = None, **_other) -> EmulatedCandidate:
     """The default runner of `harness.candidates.resolve`: `variant` names a recipe (bundled, or in
     the recipe file `recipes` / `config`); `model` is the checkpoint folder (default: the fixture);
     `vocab_size`, when given, is the oracle's, which the model's head must match."""
     _check_mode(mode)
     recipe = get_recipe(variant, recipes or config)
-    candidate = EmulatedCandidate(recipe, resolve_model_dir(model), mode=mode, full=bool(full))
+    candidate = EmulatedCandidate(recipe, resolve_model_dir(model), mode=mode, full=bool(full), threads=threads)
     if vocab_size is not None and int(vocab_size) != candidate.vocab_size:
         raise InputError(f"{candidate.model_dir}: vocab_size {candidate.vocab_size} differs from the oracle's "
                          f"{int(vocab_size)}: not the oracle's model")

@@ -47,7 +47,7 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=("fast", "coreai-opt"), default="fast",
                    help="emulated quantization: fast (materialized weights, default) or coreai-opt (eager)")
     p.add_argument("--threads", type=int, metavar="N",
-                   help="torch CPU threads (default: torch's choice; 1 is fastest for small models on a busy machine)")
+                   help="torch CPU threads (default: 1 for a small model such as the fixture, else torch's choice)")
     p.add_argument("--quiet", action="store_true", help="print only warnings and errors")
     p.set_defaults(func=run)
 
@@ -130,7 +130,8 @@ def run(args) -> int:
         hf_logging.disable_progress_bar()
     model_dir = resolve_model_dir(args.model)
     model_tok = tokenizer_sha256(model_dir)
-    options = {"model": str(model_dir), "recipes": args.config, "mode": args.mode, "full": args.full}
+    options = {"model": str(model_dir), "recipes": args.config, "mode": args.mode, "full": args.full,
+               "threads": args.threads}
     if args.oracle:
         oracle = open_trace(args.oracle)
         if oracle.tokenizer_sha256 and model_tok and oracle.tokenizer_sha256 != model_tok:
