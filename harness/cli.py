@@ -59,7 +59,22 @@ def add_command(sub, name: str, *, help: str, example: str, description: str | N
     )
 
 
+def _quiet_dependencies() -> None:
+    """Import-time chatter of the ML stack (optional kernels it cannot load here, deprecations
+    inside transformers) is not the user's business; errors still show."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for name in ("torchao", "torch.utils._pytree", "coremltools"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*has only been validated with torch.*")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_dependencies()
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

@@ -17,7 +17,13 @@ _CLASS_STYLE = {"match": "green", "tie-flip": "yellow", "oracle-artifact": "cyan
 
 
 def _console(file: TextIO | None, width: int | None, colour: bool | None):
+    import sys
+
     from rich.console import Console
+
+    target = file or sys.stdout
+    if width is None and not (hasattr(target, "isatty") and target.isatty()):
+        width = 160  # piped or logged (CI): rich's 80-column default folds the tables a word a line
 
     return Console(file=file, width=width, force_terminal=colour, no_color=colour is False, markup=False,
                    highlight=False, emoji=False, soft_wrap=False)
