@@ -10,7 +10,7 @@ position of each sequence. It shares no code with flipgate's reader on purpose.
 
 Two layouts, as LogitsWriter has two: FLIPGATE_STANDIN_LAYOUT=positions (the default: the
 evaluation JSON the llm-runner source writes for --raw-tokens) or tokens (the generation JSON).
-FLIPGATE_STANDIN_FAULT injects one failure mode: exit, stdout-error, no-file, truncate, extra-row,
+FLIPGATE_STANDIN_FAULT injects one failure mode: exit, hang, stdout-error, no-file, truncate, extra-row,
 short-rows, wide, wrong-id, nan.
 """
 
@@ -39,6 +39,10 @@ def main(argv=None) -> int:
         print("error: CoreAI: function 'main' failed to specialize", file=sys.stderr)
         print("Fatal error: model load failed (code 7)", file=sys.stderr)
         return 3
+    if fault == "hang":
+        import time
+
+        time.sleep(60)
     if fault == "stdout-error":
         print("Generating...")
         print("Error: The inference engine does not support returning logits")

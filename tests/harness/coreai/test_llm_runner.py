@@ -64,6 +64,12 @@ def test_failure_modes_are_one_clear_line(fault, message, light_bundle, coreai_o
     assert "\n" not in str(e.value) and e.value.exit_code == 2
 
 
+def test_a_hung_runner_is_stopped(light_bundle, coreai_oracle, llm_runner_standin, monkeypatch):
+    monkeypatch.setenv("FLIPGATE_STANDIN_FAULT", "hang")
+    with pytest.raises(RunnerError, match=r"case 'gzip': llm-runner did not finish within 2 s"):
+        _run(light_bundle, coreai_oracle, llm_runner_standin, audit=False, timeout=2)
+
+
 def test_nan_in_a_dump_reaches_the_trace(light_bundle, coreai_oracle, llm_runner_standin, monkeypatch):
     monkeypatch.setenv("FLIPGATE_STANDIN_FAULT", "nan")
     _, cases = _run(light_bundle, coreai_oracle, llm_runner_standin, audit=False)
@@ -80,11 +86,33 @@ def test_bad_runner_paths(light_bundle, tmp_path):
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="checks the refusal off macOS")
-def test_off_macos_without_a_runner_fails_early_with_one_line(tmp_path):
+def test_off_macos_without_a_runner_fails_early_with_one_line(tmp_path, coreai_oracle, monkeypatch, capsys):
+    from harness.cli import main
+
+    monkeypatch.delenv("FLIPGATE_LLM_RUNNER", raising=False)
     # before the bundle is even read: a folder that does not exist is not reported
     with pytest.raises(PlatformError) as e:
         resolve(f"coreai:{tmp_path / 'no-such-bundle'}")
     assert str(e.value) == MACOS_ONLY and e.value.exit_code == 2
+    out = tmp_path / "t.safetensors"
+    assert main(["capture", f"coreai:{tmp_path}", "--oracle", str(coreai_oracle), "--out", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err == f"flipgate capture: error: {MACOS_ONLY}\n"
+    assert not out.exists()
+
+
+def test_the_runner_can_come_from_the_environment(light_bundle, llm_runner_standin, monkeypatch):
+    monkeypatch.setenv("FLIPGATE_LLM_RUNNER", str(llm_runner_standin))
+    assert resolve(f"coreai:{light_bundle}", audit=False).llm_runner == llm_runner_standin
+
+
+def test_spec_options(light_bundle, llm_runner_standin, tmp_path):
+    cand = resolve(f"coreai:{light_bundle}?variant=int8hu&llm_runner={llm_runner_standin}&timeout=30"
+                   f"&keep_dumps={tmp_path}", audit=False)
+    assert (cand.variant, cand.llm_runner, cand.timeout, cand.keep_dumps) == ("int8hu", llm_runner_standin, 30.0, tmp_path)
+    with pytest.raises(InputError, match="candidate option 'colour' .*expected one of variant, llm_runner"):
+        resolve(f"coreai:{light_bundle}?colour=red", llm_runner=str(llm_runner_standin), audit=False)
+    with pytest.raises(InputError, match="candidate option timeout='soon' .*not a float"):
+        resolve(f"coreai:{light_bundle}?timeout=soon", llm_runner=str(llm_runner_standin), audit=False)
 
 
 def test_oracle_vocabulary_and_tokenizer_are_checked_before_running(light_bundle, fixture_dir, tmp_path,
