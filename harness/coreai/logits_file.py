@@ -81,7 +81,7 @@ def _b64decode(text: str, path, row: int) -> bytes:
         raise LogitsFileError(path, f"logits_base64 is truncated ({len(body)} base64 characters cannot "
                                     f"end a whole byte)", row)
     try:
-        return base64.b64decode(body + b"=" * (-len(body) % 4), validate=True)
+        return base64.b64decode(body + b"=" * (-len(body) % 4) if len(body) % 4 else body, validate=True)
     except binascii.Error:
         bad = next((chr(c) for c in body if not _B64_CHAR.match(bytes([c]))), "=")
         raise LogitsFileError(path, f"logits_base64 is not base64 (character {bad!r})", row) from None
@@ -116,6 +116,7 @@ def read_logits_file(path: str | os.PathLike, *, dtype: str = "auto", vocab_size
         # A file cut short (the runner killed mid-write, a partial copy) no longer ends its object.
         what = "truncated" if data.strip()[-1:] not in (b"}", b"]") else "malformed"
         raise LogitsFileError(p, f"{what} JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    del data  # a 27B dump is tens of MB: do not hold the text and the parsed document at once
     if isinstance(doc, dict) and "positions" in doc:
         layout, key, id_key, text_key = "positions", "positions", "target_token", "target_text"
     elif isinstance(doc, dict) and "tokens" in doc:
@@ -129,7 +130,8 @@ def read_logits_file(path: str | os.PathLike, *, dtype: str = "auto", vocab_size
         raise LogitsFileError(p, f"{key!r} is empty: the runner recorded no logits")
     ids: list[int] = []
     texts: list[str] = []
-    data: list[bytes] = []
+    logits = None  # allocated from row 0's width; each row is decoded straight into it
+    dt = nbytes = None
     for j, row in enumerate(rows):
         if not isinstance(row, dict):
             raise LogitsFileError(p, "entry is not a JSON object", j)
@@ -151,9 +153,20 @@ def read_logits_file(path: str | os.PathLike, *, dtype: str = "auto", vocab_size
         raw = _b64decode(b64, p, j)
         if not raw:
             raise LogitsFileError(p, "logits_base64 is empty", j)
+        if logits is None:
+            dt, nbytes = _element_dtype(len(raw), dtype, vocab_size), len(raw)
+            if nbytes % dt.itemsize:
+                raise LogitsFileError(p, f"row holds {nbytes} bytes, not a whole number of {dt.name} values "
+                                         f"(truncated?)", 0)
+            logits = np.empty((len(rows), nbytes // dt.itemsize), dtype=dt.newbyteorder("="))
+        if len(raw) != nbytes:
+            short = "shorter" if len(raw) < nbytes else "longer"
+            raise LogitsFileError(p, f"row holds {len(raw) // dt.itemsize} {dt.name} values "
+                                     f"({len(raw)} bytes), {short} than row 0's {nbytes // dt.itemsize} "
+                                     f"(truncated or corrupted row)", j)
+        logits[j] = np.frombuffer(raw, dtype=dt)
         ids.append(tid)
         texts.append(text)
-        data.append(raw)
     first, context = 1, None
     if layout == "positions":
         context = _id_list(doc.get("context_tokens"), p, "context_tokens")
@@ -164,20 +177,7 @@ def read_logits_file(path: str | os.PathLike, *, dtype: str = "auto", vocab_size
             if context.size == 0:
                 raise LogitsFileError(p, "'context_tokens' is empty: the first token cannot be predicted")
             first = int(context.size)
-    dt = _element_dtype(len(data[0]), dtype, vocab_size)
-    nbytes = len(data[0])
-    if nbytes % dt.itemsize:
-        raise LogitsFileError(p, f"row holds {nbytes} bytes, not a whole number of {dt.name} values "
-                                 f"(truncated?)", 0)
-    for j, raw in enumerate(data):
-        if len(raw) != nbytes:
-            short = "shorter" if len(raw) < nbytes else "longer"
-            raise LogitsFileError(p, f"row holds {len(raw) // dt.itemsize} {dt.name} values "
-                                     f"({len(raw)} bytes), {short} than row 0's {nbytes // dt.itemsize} "
-                                     f"(truncated or corrupted row)", j)
-    logits = np.frombuffer(b"".join(data), dtype=dt).reshape(len(data), nbytes // dt.itemsize)
-    return LogitsDump(p, np.asarray(ids, dtype=np.int64), tuple(texts),
-                      logits.astype(dt.newbyteorder("="), copy=False), first, context, layout)
+    return LogitsDump(p, np.asarray(ids, dtype=np.int64), tuple(texts), logits, first, context, layout)
 
 
 def _id_list(value, path, key: str) -> np.ndarray | None:
