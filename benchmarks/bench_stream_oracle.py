@@ -8,7 +8,8 @@ as real checkpoints are) is written to a temporary folder and deleted afterwards
 in a fresh subprocess that reports its own peak RSS (VmHWM: file-backed mmap pages count too, and
 unlike ru_maxrss it does not inherit the parent's) and its RSS after imports, before any weight is
 read (the interpreter, torch and the modeling code: the baseline both pay).
-Both oracles get the same sequences; the logits are compared bit for bit. The 27B projection
+Both oracles get the same sequences; the logits are compared bit for bit. Times are the best of
+--repeat alternating runs, wall clock and CPU seconds (the latter steadier on a shared machine). The 27B projection
 scales the measured above-baseline peak by the ratio of the largest layer's float32 bytes.
 """
 
@@ -126,9 +127,12 @@ def sequences(n_cases: int, length: int, rows: int, vocab: int):
             for i in range(n_cases)]
 
 
-def child(mode: str, model_dir: str, n_cases: int, length: int, rows: int, out: str, batch_size: int) -> None:
+def child(mode: str, model_dir: str, n_cases: int, length: int, rows: int, out: str, batch_size: int,
+          threads: int) -> None:
     import numpy as np
     import torch
+
+    torch.set_num_threads(threads)
 
     from harness.models import read_config
 
@@ -144,6 +148,7 @@ def child(mode: str, model_dir: str, n_cases: int, length: int, rows: int, out: 
     from oracles.stream import StreamedOracle
 
     base = rss_now()
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     stats = {}
     if mode == "stream":
@@ -175,8 +180,9 @@ def child(mode: str, model_dir: str, n_cases: int, length: int, rows: int, out: 
                     lg = model(input_ids=torch.from_numpy(s.input_ids)[None], logits_to_keep=s.rows + 1).logits
                     logits[s.case_id] = lg[0, :-1].numpy()
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0  # CPU seconds of this process: steadier than wall on a shared machine
     np.savez(out, **logits)
-    print(json.dumps({"mode": mode, "wall_s": wall, "positions": sum(s.rows for s in seqs),
+    print(json.dumps({"mode": mode, "wall_s": wall, "cpu_s": cpu, "positions": sum(s.rows for s in seqs),
                       "baseline_rss": base, "peak_rss": peak_rss(), "stats": stats,
                       "torch_threads": torch.get_num_threads()}))
 
@@ -184,7 +190,7 @@ def child(mode: str, model_dir: str, n_cases: int, length: int, rows: int, out: 
 def run_child(mode: str, model_dir: Path, args, out: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, str(model_dir), "--cases", str(args.cases),
            "--length", str(args.length), "--rows", str(args.rows), "--out", str(out),
-           "--batch-size", str(args.batch_size)]
+           "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"{mode} child failed:\n{proc.stderr[-3000:]}")
@@ -199,12 +205,16 @@ def main() -> int:
     p.add_argument("--cases", type=int, default=6)
     p.add_argument("--length", type=int, default=48, help="tokens per case (every other case has 8 more)")
     p.add_argument("--rows", type=int, default=16, help="scored rows per case")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--repeat", type=int, default=1, help="alternate the two oracles this many times")
+    p.add_argument("--batch-size", type=int, default=1, help="equal-length cases per batch, both oracles (default 1, as flipgate oracle)")
+    p.add_argument("--repeat", type=int, default=3, help="alternate the two oracles this many times (best kept)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads, both oracles (default 1: on a shared machine a second OpenMP thread "
+                        "spin-waits for a busy core and the timings stop meaning anything)")
     p.add_argument("--json", metavar="FILE", help="also write the figures here")
     args = p.parse_args()
     if args.child:
-        child(args.child[0], args.child[1], args.cases, args.length, args.rows, args.out, args.batch_size)
+        child(args.child[0], args.child[1], args.cases, args.length, args.rows, args.out, args.batch_size,
+              args.threads)
         return 0
     if args.layers % 4:
         p.error("--layers must be a multiple of 4 (3 GatedDeltaNet : 1 full attention)")
@@ -241,6 +251,7 @@ def main() -> int:
     mem_peak, st_peak = best("memory", "peak_rss"), best("stream", "peak_rss")
     base = min(best("memory", "baseline_rss"), best("stream", "baseline_rss"))
     mem_t, st_t = best("memory", "wall_s") / positions, best("stream", "wall_s") / positions
+    mem_c, st_c = best("memory", "cpu_s") / positions, best("stream", "cpu_s") / positions
     layer_b, head_b = layer_bytes_fp32(cfg)
     layer27, head27 = layer_bytes_fp32(QWEN36_27B)
     above = st_peak - base
@@ -250,6 +261,7 @@ def main() -> int:
     print(f"{'peak RSS above baseline':28s} {(mem_peak - base) / 2**20:12.0f} {above / 2**20:12.0f} "
           f"{above / (mem_peak - base):8.3f}")
     print(f"{'time per position (ms)':28s} {mem_t * 1e3:12.1f} {st_t * 1e3:12.1f} {st_t / mem_t:8.3f}")
+    print(f"{'CPU time per position (ms)':28s} {mem_c * 1e3:12.1f} {st_c * 1e3:12.1f} {st_c / mem_c:8.3f}")
     print(f"baseline RSS after imports: {base / 2**20:.0f} MiB; positions {positions}; "
           f"{mem['torch_threads']} torch threads; logits bit-identical: {identical} "
           f"(max |diff| {max_diff:.3g}, argmax identical: {argmax_same})")
@@ -263,6 +275,7 @@ def main() -> int:
                "memory_peak_rss": mem_peak, "stream_peak_rss": st_peak, "rss_ratio": st_peak / mem_peak,
                "rss_above_baseline_ratio": above / (mem_peak - base),
                "memory_s_per_position": mem_t, "stream_s_per_position": st_t, "time_ratio": st_t / mem_t,
+               "memory_cpu_s_per_position": mem_c, "stream_cpu_s_per_position": st_c, "cpu_time_ratio": st_c / mem_c,
                "bit_identical": identical, "max_abs_diff": max_diff, "layer_bytes": layer_b,
                "layer_bytes_27b": layer27, "projected_27b_peak_rss": proj, "runs": results}
     if args.json:

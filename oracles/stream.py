@@ -13,7 +13,9 @@ streamed oracle holds about one layer in float32 plus the activations of the cas
   3. for each layer: its tensors are read from the memory-mapped safetensors files, upcast to
      float32 and assigned into the model's own decoder-layer module, every case's whole
      sequence goes through it, and the weights are dropped before the next layer is read;
-  4. the final norm runs on every case, then the lm_head runs in vocabulary chunks.
+  4. the final norm runs on every case, then the lm_head runs in vocabulary chunks, over blocks of
+     cases whose logits fit the budget (one block, and one pass over the head, unless the case
+     set's logits alone would outgrow a layer or --max-memory).
 
 The logits are bit-identical to the in-memory float32 forward on the fixture
 (tests/oracles/test_stream.py): every layer gets the same float32 operands in the same shapes. The
@@ -34,6 +36,8 @@ import json
 import math
 import re
 import resource
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,8 +281,10 @@ class StreamStats:
     head_chunk_rows: int = 0
     head_chunks: int = 0
     activation_bytes: int = 0         # estimate: hidden states of every case + one layer's intermediates
-    logits_bytes: int = 0
-    need_bytes: int = 0               # largest layer + activations + logits + one head chunk
+    logits_bytes: int = 0             # of the whole case set (never held at once when over the block)
+    logits_block_bytes: int = 0       # logits held at once: the cases of one head pass
+    head_passes: int = 0              # passes over the head (one per logits block)
+    need_bytes: int = 0               # the larger phase: layers, or head chunk + logits block
     peak_held_bytes: int = 0          # measured: most weight + hidden-state bytes held at once
     peak_rss_bytes: int = 0
     positions: int = 0
@@ -306,7 +312,7 @@ class StreamedOracle:
 
     def __init__(self, model_dir: str | Path, dtype: str = "float32", max_memory: int | str | None = None,
                  head_chunk_rows: int | None = None, batch_size: int = 1, head_rows: str = "keep",
-                 log: Callable[[str], None] | None = None):
+                 logits_block_bytes: int | None = None, log: Callable[[str], None] | None = None):
         if dtype not in ("float32", "fp32"):
             raise InputError(f"--dtype {dtype!r} with --stream: the streamed oracle runs float32 only "
                              f"(a bfloat16 oracle fits in memory the ordinary way)")
@@ -317,6 +323,7 @@ class StreamedOracle:
         if head_chunk_rows is not None and head_chunk_rows < 1:
             raise InputError(f"head chunk of {head_chunk_rows} rows: must be at least 1")
         self._head_chunk_rows = head_chunk_rows
+        self._logits_block_bytes = logits_block_bytes
         if batch_size < 1:
             raise InputError(f"--batch-size {batch_size}: expected a positive integer")
         if head_rows not in ("keep", "all"):
@@ -430,43 +437,54 @@ class StreamedOracle:
     # -- memory budget --------------------------------------------------------------------------
 
     def plan(self, sequences: list[Sequence]) -> StreamStats:
-        """Size the run from tensor shapes alone; refuse it if it cannot fit `max_memory`."""
-        st = self.stats
+        """Size the run from tensor shapes alone; refuse it if it cannot fit `max_memory`.
+
+        The peak is the larger of two phases. Layers: one layer in float32, plus its bf16 bytes
+        mapped from the file and one bf16 tensor being upcast, plus every case's hidden states and
+        the widest batch's intermediates. Head: one vocabulary chunk of the head, plus the logits
+        of one block of cases (blocks are sized to the budget, so the case count does not set the
+        peak: each block re-reads the head).
+        """
+        st = self.stats = StreamStats(layers=len(self.layers))  # each run measures afresh
         sizes = [self.layer_bytes(i) for i in range(len(self.layers))]
         big = int(np.argmax(sizes)) if sizes else 0
         st.largest_layer = self._module_name[id(self.layers[big])] if sizes else ""
         st.largest_layer_bytes = max(sizes, default=0)
+        largest_tensor = max((self.index.tensors[n].nbytes() for m in self.layer_tensors for n in m.values()),
+                             default=0)
         h = self.hidden_size
         st.tokens = sum(int(s.input_ids.shape[0]) for s in sequences)
         st.positions = sum(s.rows for s in sequences)
-        batch_tokens = max((sum(int(sequences[i].input_ids.shape[0]) for i in g) for g in self.groups(sequences)),
-                           default=0)
-        # hidden states of every case (twice during a layer update) + the widest layer's intermediates
+        groups = self.groups(sequences)
+        batch_tokens = max((sum(int(sequences[i].input_ids.shape[0]) for i in g) for g in groups), default=0)
         widest = max((sum(self.index.tensors[n].shape[0] for n in m.values() if len(self.index.tensors[n].shape) == 2)
                       for m in self.layer_tensors), default=h)
         st.activation_bytes = 4 * (2 * st.tokens * h + 2 * batch_tokens * widest)
+        layer_phase = st.largest_layer_bytes * 3 // 2 + largest_tensor + st.activation_bytes
         st.logits_bytes = 4 * st.positions * self.vocab_size
         st.head_bytes = self.vocab_size * h * 4
-        fixed = st.largest_layer_bytes + st.activation_bytes + st.logits_bytes
+        group_logits = [4 * len(g) * sequences[g[0]].rows * self.vocab_size for g in groups]
+        head_in = 4 * h * sum(len(g) * (sequences[g[0]].rows + 1) for g in groups)
         per_row = 4 * (h + batch_tokens)  # a weight row + one logits column of the largest batch
+        # Without a budget the head phase stays within the layer phase; with one, within the budget.
+        target = self.max_memory if self.max_memory is not None else max(layer_phase, 64 * 2**20)
+        block = self._logits_block_bytes if self._logits_block_bytes is not None else (target - head_in) // 2
+        block = min(st.logits_bytes, max(max(group_logits, default=0), block))
         rows = self._head_chunk_rows
         if rows is None:
-            # Default: a head chunk no larger than a layer, so the head never sets the peak.
-            budget_rows = (self.max_memory - fixed) // per_row if self.max_memory else None
-            rows = max(st.largest_layer_bytes // per_row, HEAD_CHUNK_ALIGN)
-            if budget_rows is not None:
-                rows = min(rows, budget_rows)
-            rows = max(HEAD_CHUNK_ALIGN, rows // HEAD_CHUNK_ALIGN * HEAD_CHUNK_ALIGN)
+            rows = max(HEAD_CHUNK_ALIGN, (target - head_in - block) // per_row // HEAD_CHUNK_ALIGN * HEAD_CHUNK_ALIGN)
         st.head_chunk_rows = min(rows, self.vocab_size)
         st.head_chunks = -(-self.vocab_size // st.head_chunk_rows)
-        st.need_bytes = fixed + st.head_chunk_rows * per_row
+        st.logits_block_bytes = block
+        head_phase = st.head_chunk_rows * per_row + block + head_in
+        st.need_bytes = max(layer_phase, head_phase)
         if self.max_memory is not None and st.need_bytes > self.max_memory:
             raise InputError(
                 f"--max-memory {fmt_bytes(self.max_memory)} is below the measured need of "
                 f"{fmt_bytes(st.need_bytes)} for {self.model_dir.name}: largest layer {st.largest_layer} "
-                f"{fmt_bytes(st.largest_layer_bytes)} in float32, activations {fmt_bytes(st.activation_bytes)}, "
-                f"logits {fmt_bytes(st.logits_bytes)}, lm_head chunk of {st.head_chunk_rows} rows "
-                f"{fmt_bytes(st.head_chunk_rows * per_row)}")
+                f"{fmt_bytes(st.largest_layer_bytes)} in float32 (+ its bf16 bytes while read), activations "
+                f"{fmt_bytes(st.activation_bytes)}; head phase {fmt_bytes(head_phase)} (lm_head chunk of "
+                f"{st.head_chunk_rows} rows, logits block {fmt_bytes(block)})")
         return st
 
     def _held(self, nbytes: int, what: str) -> None:
@@ -519,7 +537,6 @@ class StreamedOracle:
 
     def run(self, sequences: Iterable[Sequence]) -> Iterator[CaseTrace]:
         import torch
-        from torch import nn
 
         seqs = list(sequences)
         if not seqs:
@@ -583,36 +600,65 @@ class StreamedOracle:
             norm.to("meta")
             del hidden
 
-            logits = [np.empty((s.rows, self.vocab_size), dtype=np.float32) for s in seqs]
-            logits_bytes = sum(a.nbytes for a in logits)
-            rows = st.head_chunk_rows
-            head_weight, head_bias = self.head.weight, self.head.bias  # the skeleton's (meta) parameters
-            for v0 in range(0, self.vocab_size, rows):
-                v1 = min(v0 + rows, self.vocab_size)
-                t0 = time.perf_counter()
-                w = self.index.load_rows(self.head_name, v0, v1, f32)
-                b = self.index.load_rows(self.head_bias_name, v0, v1, f32) if self.head_bias_name else None
-                self._held(w.numel() * 4 + hidden_bytes + logits_bytes, f"reading lm_head rows {v0}:{v1}")
-                t1 = time.perf_counter()
-                st.load_seconds += t1 - t0
-                # The chunk goes in as a Parameter that requires grad, as a loaded model's head is:
-                # for a non-contiguous input (the logits_to_keep slice of a batch) torch folds the
-                # matmul differently for a plain weight tensor, and so sums in another order.
-                self.head.weight = nn.Parameter(w, requires_grad=head_weight.requires_grad)
-                if b is not None:
-                    self.head.bias = nn.Parameter(b, requires_grad=head_bias.requires_grad)
-                for k, g in enumerate(groups):
-                    r = seqs[g[0]].rows
+        # Blocks of groups whose logits fit the planned block; each block is one pass over the head.
+        blocks: list[list[int]] = [[]]
+        held = 0
+        for k, g in enumerate(groups):
+            size = 4 * len(g) * seqs[g[0]].rows * self.vocab_size
+            if blocks[-1] and held + size > st.logits_block_bytes:
+                blocks.append([])
+                held = 0
+            blocks[-1].append(k)
+            held += size
+        st.head_passes = len(blocks)
+        for block in blocks:
+            with torch.no_grad():
+                logits = self._head_pass(seqs, groups, block, head_in)
+            st.peak_rss_bytes = peak_rss_bytes()
+            for i in sorted(logits):  # a block's cases in input order (one block: all, in order)
+                yield CaseTrace(seqs[i].case_id, np.asarray(seqs[i].input_ids, dtype=np.int64), logits.pop(i))
+
+    def _head_pass(self, seqs, groups, block: list[int], head_in) -> dict[int, np.ndarray]:
+        """The logits of the groups in `block`, the head read in vocabulary chunks."""
+        from torch import nn
+
+        import torch
+
+        st = self.stats
+        f32 = torch.float32
+        members = [i for k in block for i in groups[k]]
+        logits = {i: np.empty((seqs[i].rows, self.vocab_size), dtype=np.float32) for i in members}
+        logits_bytes = sum(a.nbytes for a in logits.values())
+        in_bytes = sum(head_in[k].numel() * 4 for k in block)
+        rows = st.head_chunk_rows
+        head_weight, head_bias = self.head.weight, self.head.bias  # the skeleton's (meta) parameters
+        for v0 in range(0, self.vocab_size, rows):
+            v1 = min(v0 + rows, self.vocab_size)
+            t0 = time.perf_counter()
+            w = self.index.load_rows(self.head_name, v0, v1, f32)
+            b = self.index.load_rows(self.head_bias_name, v0, v1, f32) if self.head_bias_name else None
+            self._held(w.numel() * 4 + in_bytes + logits_bytes, f"reading lm_head rows {v0}:{v1}")
+            t1 = time.perf_counter()
+            st.load_seconds += t1 - t0
+            # The chunk goes in as a Parameter that requires grad, as a loaded model's head is:
+            # for a non-contiguous input (the logits_to_keep slice of a batch) torch folds the
+            # matmul differently for a plain weight tensor, and so sums in another order.
+            self.head.weight = nn.Parameter(w, requires_grad=head_weight.requires_grad)
+            if b is not None:
+                self.head.bias = nn.Parameter(b, requires_grad=head_bias.requires_grad)
+            try:
+                for k in block:
+                    r = seqs[groups[k][0]].rows
                     part = self.head(head_in[k])[:, -(r + 1):-1]
-                    for j, i in enumerate(g):
+                    for j, i in enumerate(groups[k]):
                         logits[i][:, v0:v1] = part[j].numpy()
+                    del part
+            finally:
                 self.head.weight, self.head.bias = head_weight, head_bias
-                del w, b, part
-                release_freed_memory()
-                st.compute_seconds += time.perf_counter() - t1
-        st.peak_rss_bytes = peak_rss_bytes()
-        for s, lg in zip(seqs, logits):
-            yield CaseTrace(s.case_id, np.asarray(s.input_ids, dtype=np.int64), lg)
+            del w, b
+            release_freed_memory()
+            st.compute_seconds += time.perf_counter() - t1
+        return logits
 
     rows = run  # the name the issue's sketch uses
 
@@ -688,31 +734,44 @@ def run_streamed_oracle(*, model: str | Path | None = None, cases: str | Path | 
                              f"continuation_ids")
         seqs.append(Sequence(case.id, ids, rows))
 
-    t0 = time.perf_counter()
-    traces = list(oracle.run(seqs))
-    wall = time.perf_counter() - t0
+    from harness.merge import join_cases
     from oracles.hf import low_margin_count
 
-    low = {t.case_id: low_margin_count(t.logits, min_margin) for t in traces}
-    total = sum(t.rows for t in traces)
-    confident = total - sum(low.values())
-    frac = confident / total if total else 0.0
-    st = oracle.stats
-    say(f"{confident}/{total} scored positions confident (probability margin >= {min_margin:g}); "
-        f"{st.layers} layers streamed in {wall:.1f}s ({wall / max(total, 1) * 1e3:.1f} ms/position), "
-        f"peak RSS {fmt_bytes(st.peak_rss_bytes)}, largest layer {fmt_bytes(st.largest_layer_bytes)} in float32")
-    if min_confident_fraction is not None and frac < min_confident_fraction:
-        raise InputError(f"{case_set.path}: only {frac:.1%} of {total} scored positions are confident "
-                         f"(margin >= {min_margin:g}), below --min-confident-fraction {min_confident_fraction:g}")
-    meta = base_metadata(
-        runner=RUNNER, variant=oracle.variant, vocab_size=oracle.vocab_size, model=model_provenance(model_dir),
-        tokenizer_sha256=tokenizer_sha256(model_dir), **oracle.metadata(),
-        model_id=str(model) if model is not None else str(model_dir), device="cpu", mode="one-pass",
-        min_margin=f"{min_margin:g}", margin_space="prob", low_margin=json.dumps(low),
-        confident_fraction=f"{frac:.6f}", case_set=json.dumps(case_set.ids), case_set_sha256=case_set.sha256,
-        cases_file=str(case_set.path), shard=shard or "", continuation=json.dumps(origin),
-        sequences_from=str(source.path) if source is not None else "",
-        peak_rss_bytes=str(st.peak_rss_bytes), largest_layer_bytes=str(st.largest_layer_bytes))
-    write_trace(out, meta, traces)
-    say(f"wrote {out} ({len(traces)} cases, {total} rows, float32, layer-streamed)")
+    # Each case goes to a one-case part as its logits are made, and the trace is a streaming copy
+    # of the parts: the case set's logits are never all in memory.
+    parts = Path(tempfile.mkdtemp(prefix=f".{out.name}.parts-", dir=out.parent if out.parent.is_dir() else None))
+    try:
+        t0 = time.perf_counter()
+        low: dict[str, int] = {}
+        where: dict[str, Path] = {}
+        for t in oracle.run(seqs):
+            low[t.case_id] = low_margin_count(t.logits, min_margin)
+            where[t.case_id] = parts / f"case-{len(where):06d}.safetensors"
+            write_trace(where[t.case_id], base_metadata(runner=RUNNER, variant=oracle.variant,
+                                                        vocab_size=oracle.vocab_size), [t])
+        wall = time.perf_counter() - t0
+        total = sum(s.rows for s in seqs)
+        confident = total - sum(low.values())
+        frac = confident / total if total else 0.0
+        st = oracle.stats
+        say(f"{confident}/{total} scored positions confident (probability margin >= {min_margin:g}); "
+            f"{st.layers} layers streamed in {wall:.1f}s ({wall / max(total, 1) * 1e3:.1f} ms/position), "
+            f"peak RSS {fmt_bytes(st.peak_rss_bytes)}, largest layer {fmt_bytes(st.largest_layer_bytes)} in float32")
+        if min_confident_fraction is not None and frac < min_confident_fraction:
+            raise InputError(f"{case_set.path}: only {frac:.1%} of {total} scored positions are confident "
+                             f"(margin >= {min_margin:g}), below --min-confident-fraction "
+                             f"{min_confident_fraction:g}")
+        meta = base_metadata(
+            runner=RUNNER, variant=oracle.variant, vocab_size=oracle.vocab_size, model=model_provenance(model_dir),
+            tokenizer_sha256=tokenizer_sha256(model_dir), **oracle.metadata(),
+            model_id=str(model) if model is not None else str(model_dir), device="cpu", mode="one-pass",
+            min_margin=f"{min_margin:g}", margin_space="prob", low_margin=json.dumps(low),
+            confident_fraction=f"{frac:.6f}", case_set=json.dumps(case_set.ids), case_set_sha256=case_set.sha256,
+            cases_file=str(case_set.path), shard=shard or "", continuation=json.dumps(origin),
+            sequences_from=str(source.path) if source is not None else "", head_passes=str(st.head_passes),
+            peak_rss_bytes=str(st.peak_rss_bytes), largest_layer_bytes=str(st.largest_layer_bytes))
+        join_cases(out, meta, [(where[s.case_id], s.case_id) for s in seqs])
+    finally:
+        shutil.rmtree(parts, ignore_errors=True)
+    say(f"wrote {out} ({len(seqs)} cases, {total} rows, float32, layer-streamed)")
     return out

@@ -182,6 +182,17 @@ def test_small_head_chunks_over_a_sharded_checkpoint_are_still_bit_identical(mod
     assert_bit_identical(traces, {s.case_id: reference[s.case_id] for s in seqs})
 
 
+def test_logits_in_blocks_of_cases_are_the_same_logits(model_dir, sequences, reference):
+    # one head pass per batch: the case set's logits are never all held
+    oracle = StreamedOracle(model_dir, batch_size=8, logits_block_bytes=1)
+    traces = list(oracle.run(sequences))
+    groups = oracle.groups(sequences)
+    assert 1 < oracle.stats.head_passes <= len(groups)
+    assert oracle.stats.logits_block_bytes < oracle.stats.logits_bytes
+    assert sorted(t.case_id for t in traces) == sorted(reference)
+    assert_bit_identical(sorted(traces, key=lambda t: list(reference).index(t.case_id)), reference)
+
+
 def test_multimodal_checkpoint_naming_streams_its_text_decoder(tmp_path):
     from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
 
