@@ -29,7 +29,7 @@ from ..coreai.bundle import (
 )
 from ..coreai.logits_file import LogitsFileError, read_logits_file, scored_rows, write_raw_tokens
 from ..coreai.runtime import (
-    COMPUTE_UNITS, MACOS_ONLY, RunnerError, backend_description, find_llm_runner, is_macos, load_runtime,
+    COMPUTE_UNITS, MACOS_ONLY, RunnerError, backend_description, find_llm_runner, load_runtime,
     uses_os_runtime,
 )
 from ..errors import InputError, PlatformError

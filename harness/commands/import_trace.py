@@ -30,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--variant", default="coreai", help="the variant the dumps are gated as (default: coreai)")
     p.add_argument("--out", metavar="TRACE", help="trace to write")
     p.add_argument("--emit-raw-tokens", metavar="DIR", help="instead: write DIR/CASE.tokens.json for each case "
-                   f"(or each --case) and DIR/run-llm-runner.sh that runs llm-runner on them")
+                   "(or each --case) and DIR/run-llm-runner.sh that runs llm-runner on them")
     p.set_defaults(func=run)
 
 

@@ -79,7 +79,7 @@ def run(args) -> int:
     else:
         print(f"{bundle.path}: Core AI LanguageBundle {md.name!r} (metadata {md.metadata_version})")
         print(f"  vocab {md.vocab_size}, context {md.max_context_length or 'unspecified'}, asset {md.assets['main']}")
-        print(f"  functions: " + "; ".join(f"{k} -> {', '.join(v)}" for k, v in md.function_map.items()))
+        print("  functions: " + "; ".join(f"{k} -> {', '.join(v)}" for k, v in md.function_map.items()))
         comp = md.compression if md.compression is not None else "null (metadata.json names none; see storage)"
         print(f"  compression: {comp}")
         if tok is not None:

@@ -116,7 +116,7 @@ def read_metadata(bundle_dir: str | os.PathLike) -> BundleMetadata:
     if kind != "llm":
         raise BundleError(f"{mp}: kind {kind!r} is not a language model bundle (expected \"llm\")")
     assets = _key(doc, "assets", dict, mp, "")
-    main = _key(assets, "main", str, mp, "assets.")
+    _key(assets, "main", str, mp, "assets.")  # validated here; open_bundle checks it exists
     lang = _key(doc, "language", dict, mp, "")
     vocab = _key(lang, "vocab_size", int, mp, "language.")
     if vocab <= 0:
