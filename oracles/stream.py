@@ -465,7 +465,8 @@ class StreamedOracle:
         st.head_bytes = self.vocab_size * h * 4
         group_logits = [4 * len(g) * sequences[g[0]].rows * self.vocab_size for g in groups]
         head_in = 4 * h * sum(len(g) * (sequences[g[0]].rows + 1) for g in groups)
-        per_row = 4 * (h + batch_tokens)  # a weight row + one logits column of the largest batch
+        # a head row in float32 and, while upcast, in bf16 (2 + 4 bytes), + a logits column of the largest batch
+        per_row = 6 * h + 4 * batch_tokens
         # Without a budget the head phase stays within the layer phase; with one, within the budget.
         target = self.max_memory if self.max_memory is not None else max(layer_phase, 64 * 2**20)
         block = self._logits_block_bytes if self._logits_block_bytes is not None else (target - head_in) // 2
