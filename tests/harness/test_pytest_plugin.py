@@ -52,8 +52,10 @@ def junit_cases(path: Path) -> dict[str, dict]:
             if el is not None:
                 outcome, message = tag, el.get("message", "")
         props = {p.get("name"): p.get("value") for p in tc.iter("property")}
-        out[tc.get("name")] = {"outcome": outcome, "classname": tc.get("classname"), "properties": props,
-                               "message": message}
+        rec = {"outcome": outcome, "classname": tc.get("classname"), "properties": props, "message": message}
+        out[tc.get("name")] = rec
+        # pytest >= 9.2 writes the item name with '/' as '.' (gate[int8hu].qwen36.12); index both spellings
+        out.setdefault(tc.get("name").replace(".", "/"), rec)
     return out
 
 
