@@ -18,6 +18,7 @@ from harness.errors import InputError
 
 from .escape import html_text as h
 from .escape import md_text, token, visible
+from .markdown import _longest_backticks
 
 SCHEMA = "flipgate.localise/1"
 KINDS = (("attention", "attention"), ("gdn", "GatedDeltaNet"), ("mlp", "MLP"), ("head", "head"))
@@ -267,14 +268,6 @@ def markdown_lines(d: Mapping, level: int = 2) -> list[str]:
         out += [f"{hh}# Suggested recipe file", "", fence + "toml"] + [visible(x) for x in sug["recipe"].splitlines()]
         out += [fence, ""]
     return out
-
-
-def _longest_backticks(text: str) -> int:
-    best = run = 0
-    for c in text:
-        run = run + 1 if c == "`" else 0
-        best = max(best, run)
-    return best
 
 
 def render_markdown(d: Mapping, title: str | None = None) -> str:
