@@ -101,7 +101,7 @@ def collect() -> None:
     print(f"corpus {len(CORPUS.read_bytes())} bytes, {len(cases)} held-out prompts")
 
 
-def train(steps: int) -> None:
+def train(steps: int, out: Path = MODEL_DIR) -> None:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen3_5ForCausalLM, Qwen3_5TextConfig
@@ -147,17 +147,17 @@ def train(steps: int) -> None:
             print(f"step {step:4d} loss {loss.item():.3f} lr {lr:.2e} {time.time() - t0:.0f}s", flush=True)
 
     # Shipped in bf16, like the real checkpoint: the oracle's native precision.
-    tmp = MODEL_DIR.with_name(MODEL_DIR.name + ".tmp")
+    tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.to(torch.bfloat16).save_pretrained(tmp, safe_serialization=True)
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS)
     hf_tok.save_pretrained(tmp)
-    readme = MODEL_DIR / "README.md"
+    readme = out / "README.md"
     if readme.exists():
         shutil.copy(readme, tmp / "README.md")
-    shutil.rmtree(MODEL_DIR, ignore_errors=True)
-    os.replace(tmp, MODEL_DIR)
-    print(f"wrote {MODEL_DIR}")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    print(f"wrote {out}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,11 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("collect")
     t = sub.add_parser("train")
     t.add_argument("--steps", type=int, default=STEPS)
+    t.add_argument("--out", type=Path, default=MODEL_DIR, help="folder to write (default: the package's fixture)")
     a = p.parse_args(argv)
     if a.cmd == "collect":
         collect()
     else:
-        train(a.steps)
+        train(a.steps, a.out)
     return 0
 
 
