@@ -69,6 +69,43 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+
+def check_verdict(d, source: str = "verdict") -> None:
+    """Raise InputError naming `source` and the key at fault unless `d` is a flipgate.verdict/1 dict.
+
+    The one reading of the schema: the gate engine's loader and the reports both call it.
+    A pass must be stated, never inferred: `"passed": "false"` or null is an error, not a pass."""
+    from collections.abc import Mapping
+
+    if not isinstance(d, Mapping):
+        raise InputError(f"{source}: not a flipgate verdict (not a JSON object)")
+    if "schema" not in d:
+        raise InputError(f"{source}: not a flipgate verdict (no 'schema' key; expected {SCHEMA!r})")
+    if d["schema"] != SCHEMA:
+        raise InputError(f"{source}: schema {d['schema']!r} is not {SCHEMA!r}")
+    missing = [k for k in KEYS if k not in d]
+    if missing:
+        raise InputError(f"{source}: verdict lacks key {missing[0]!r}")
+    if not isinstance(d["gate"], str) or not d["gate"]:
+        raise InputError(f"{source}: 'gate' must be a non-empty string")
+    if not isinstance(d["passed"], bool):
+        raise InputError(f"{source}: 'passed' must be true or false, found {d['passed']!r}")
+    if not isinstance(d["summary"], Mapping) or not isinstance(d["policy"], Mapping):
+        raise InputError(f"{source}: 'summary' and 'policy' must be objects")
+    lacking = [k for k in SUMMARY_KEYS if k not in d["summary"]]
+    if lacking:
+        raise InputError(f"{source}: summary lacks key {lacking[0]!r}")
+    if not isinstance(d["positions"], list):
+        raise InputError(f"{source}: 'positions' must be a list")
+    for i, p in enumerate(d["positions"]):
+        if not isinstance(p, Mapping):
+            raise InputError(f"{source}: positions[{i}] is not an object")
+        lacking = [k for k in POSITION_KEYS if k not in p]
+        if lacking:
+            raise InputError(f"{source}: positions[{i}] lacks key {lacking[0]!r}")
+        if p["class"] not in CLASSES:
+            raise InputError(f"{source}: positions[{i}] class {p['class']!r} is not one of {', '.join(CLASSES)}")
+
 @dataclass
 class Verdict:
     gate: str
@@ -139,32 +176,7 @@ class Verdict:
 
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "verdict") -> "Verdict":
-        if not isinstance(d, dict):
-            raise InputError(f"{source}: not a flipgate verdict (not a JSON object)")
-        if "schema" not in d:
-            raise InputError(f"{source}: not a flipgate verdict (no 'schema' key; expected {SCHEMA!r})")
-        if d["schema"] != SCHEMA:
-            raise InputError(f"{source}: schema {d['schema']!r} is not {SCHEMA!r}")
-        missing = [k for k in KEYS if k not in d]
-        if missing:
-            raise InputError(f"{source}: verdict lacks key {missing[0]!r}")
-        if not isinstance(d["passed"], bool):
-            raise InputError(f"{source}: 'passed' must be true or false")
-        if not isinstance(d["summary"], dict) or not isinstance(d["policy"], dict):
-            raise InputError(f"{source}: 'summary' and 'policy' must be objects")
-        lacking = [k for k in SUMMARY_KEYS if k not in d["summary"]]
-        if lacking:
-            raise InputError(f"{source}: summary lacks key {lacking[0]!r}")
-        if not isinstance(d["positions"], list):
-            raise InputError(f"{source}: 'positions' must be a list")
-        for i, p in enumerate(d["positions"]):
-            if not isinstance(p, dict):
-                raise InputError(f"{source}: positions[{i}] is not an object")
-            lacking = [k for k in POSITION_KEYS if k not in p]
-            if lacking:
-                raise InputError(f"{source}: positions[{i}] lacks key {lacking[0]!r}")
-            if p["class"] not in CLASSES:
-                raise InputError(f"{source}: positions[{i}] class {p['class']!r} is not one of {', '.join(CLASSES)}")
+        check_verdict(d, source)
         return cls(gate=d["gate"], passed=d["passed"], policy=_unspecial(d["policy"]),
                    summary=_unspecial(d["summary"]), positions=[_unspecial(p) for p in d["positions"]],
                    provenance=dict(d["provenance"] or {}))

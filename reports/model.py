@@ -15,17 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from gates.verdict import CLASSES, SCHEMA, SUMMARY_KEYS, check_verdict  # the one reading of the schema
 from harness.errors import InputError
 
 from .escape import context, token, visible
-
-SCHEMA = "flipgate.verdict/1"
-CLASSES = ("match", "tie-flip", "oracle-artifact", "defect", "invalid")
-SUMMARY_KEYS = ("positions", "exact", "rule", "confident", "tie_flips", "oracle_artifacts", "defects",
-                "invalid", "min_cosine", "mean_cosine", "mean_kl")
-POSITION_KEYS = ("case", "row", "position", "target_token", "oracle_top1", "oracle_top2", "margin",
-                 "candidate_top1", "control_top1", "class", "cosine", "kl", "oracle_rank_in_candidate",
-                 "top5_overlap")
 
 
 def as_verdict_dict(verdict: Any, source: str = "verdict") -> dict:
@@ -35,39 +28,6 @@ def as_verdict_dict(verdict: Any, source: str = "verdict") -> dict:
         raise InputError(f"{source}: not a verdict (a JSON object with schema {SCHEMA!r})")
     check_verdict(d, source)
     return dict(d)
-
-
-def check_verdict(d: Mapping, source: str) -> None:
-    """Raise InputError naming the source and the key at fault if `d` is not a usable verdict."""
-    schema = d.get("schema")
-    if schema != SCHEMA:
-        raise InputError(f"{source}: schema is {schema!r}, expected {SCHEMA!r}")
-    for key in ("gate", "passed", "policy", "summary", "positions"):
-        if key not in d:
-            raise InputError(f"{source}: verdict has no {key!r} key")
-    if not isinstance(d["gate"], str) or not d["gate"]:
-        raise InputError(f"{source}: 'gate' must be a non-empty string")
-    # A pass must be stated, not inferred: `"passed": "false"` or null is an error, never a pass.
-    if not isinstance(d["passed"], bool):
-        raise InputError(f"{source}: 'passed' must be true or false, found {d['passed']!r}")
-    if not isinstance(d["policy"], Mapping):
-        raise InputError(f"{source}: 'policy' must be an object")
-    summary = d["summary"]
-    if not isinstance(summary, Mapping):
-        raise InputError(f"{source}: 'summary' must be an object")
-    for key in SUMMARY_KEYS:
-        if key not in summary:
-            raise InputError(f"{source}: summary has no {key!r} key")
-    if not isinstance(d["positions"], list):
-        raise InputError(f"{source}: 'positions' must be a list")
-    for i, p in enumerate(d["positions"]):
-        if not isinstance(p, Mapping):
-            raise InputError(f"{source}: positions[{i}] is not an object")
-        for key in POSITION_KEYS:
-            if key not in p:
-                raise InputError(f"{source}: positions[{i}] has no {key!r} key")
-        if p["class"] not in CLASSES:
-            raise InputError(f"{source}: positions[{i}] class {p['class']!r} is not one of {', '.join(CLASSES)}")
 
 
 SIGNOFF_SCHEMA = "flipgate.signoff/1"

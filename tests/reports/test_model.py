@@ -49,10 +49,10 @@ def test_flip_row_fields(seed):
 
 def test_load_rejects_bad_files_naming_them(tmp_path, seed):
     cases = {
-        "schema.json": ({**seed[0], "schema": "flipgate.verdict/0"}, "schema is 'flipgate.verdict/0'"),
+        "schema.json": ({**seed[0], "schema": "flipgate.verdict/0"}, "schema 'flipgate.verdict/0' is not"),
         "passed.json": ({**seed[0], "passed": "true"}, "'passed' must be true or false"),
-        "nopositions.json": ({k: v for k, v in seed[0].items() if k != "positions"}, "no 'positions' key"),
-        "summary.json": ({**seed[0], "summary": {"positions": 16}}, "summary has no 'exact' key"),
+        "nopositions.json": ({k: v for k, v in seed[0].items() if k != "positions"}, "lacks key 'positions'"),
+        "summary.json": ({**seed[0], "summary": {"positions": 16}}, "summary lacks key 'exact'"),
         "cls.json": ({**seed[0], "positions": [{**seed[0]["positions"][0], "class": "fine"}]},
                      "positions[0] class 'fine'"),
     }
