@@ -9,7 +9,7 @@ def register(sub) -> None:
     p = add_command(
         sub, "gate", help="judge a candidate trace against an oracle trace under a named gate",
         description="Judge a candidate trace against an oracle trace under a named gate (bundled: fp16, "
-                    "int8lin, int8hu, int4lin, mixed; a flipgate.toml may add or override gates). Prints the "
+                    "int8lin, int8hu, int4lin, mixed, mixed-edge; a flipgate.toml may add or override gates). Prints the "
                     "summary and every position that is not a match; exit 0 if the gate passes, 1 if it fails, "
                     "2 on bad input.",
         example="flipgate gate int8hu --oracle oracle.safetensors --candidate int8hu.safetensors \\\n"
