@@ -18,7 +18,7 @@ from harness.errors import InputError
 
 from .escape import html_text as h
 from .escape import md_text, token, visible
-from .markdown import _longest_backticks
+from .fences import fence_for
 
 SCHEMA = "flipgate.localise/1"
 KINDS = (("attention", "attention"), ("gdn", "GatedDeltaNet"), ("mlp", "MLP"), ("head", "head"))
@@ -264,7 +264,7 @@ def markdown_lines(d: Mapping, level: int = 2) -> list[str]:
     if st:
         out += [md_text(st) + ".", ""]
     if sug and sug.get("recipe"):
-        fence = "`" * max(3, _longest_backticks(sug["recipe"]) + 1)
+        fence = fence_for(sug["recipe"].splitlines())
         out += [f"{hh}# Suggested recipe file", "", fence + "toml"] + [visible(x) for x in sug["recipe"].splitlines()]
         out += [fence, ""]
     return out
