@@ -24,7 +24,7 @@ LABELS = {
     "emulation": "emulation",
     "reference-runtime": "Linux reference runtime",
     "device": "device",
-    "unknown": "unknown evidence",
+    "unknown": "unknown",
 }
 
 DESCRIPTIONS = {
@@ -61,7 +61,7 @@ def evidence_of(meta: Mapping[str, str]) -> str:
 
 
 def label(kind: str) -> str:
-    """`device`, `Linux reference runtime`, `emulation`, `oracle`, `unknown evidence`."""
+    """`device`, `Linux reference runtime`, `emulation`, `oracle`, `unknown`."""
     return LABELS.get(kind, LABELS["unknown"])
 
 

@@ -32,7 +32,7 @@ from harness.evidence import DESCRIPTIONS, evidence_of, label
 
 from .escape import md_text, token, visible
 from .localise import check_record, culprits_text, position_key, summary_line
-from .model import as_verdicts, candidate_name, control_name, fmt, margin_space, one_line, reasons, verdict_word
+from .model import as_verdicts, candidate_evidence, candidate_name, control_name, fmt, margin_space, one_line, reasons, verdict_word
 from .speed import Bandwidth, Speed, bandwidth_use, size_text, weight_bytes
 
 MAX_LISTED = 10  # positions listed per variant and kind; the rest are counted
@@ -55,12 +55,6 @@ class CardInputs:
 
 
 # ---- small views ----------------------------------------------------------------------------------
-
-def candidate_evidence(v: Mapping) -> str:
-    """The evidence kind of a verdict's candidate, from its provenance's trace record."""
-    info = (v.get("provenance") or {}).get("candidate")
-    return evidence_of(info) if isinstance(info, Mapping) else "unknown"
-
 
 def _tok(p: Mapping, key: str) -> str:
     """`'>>>' #371`: a token's text made visible and escaped, with its id."""
