@@ -337,8 +337,11 @@ def _listed(items: list[str]) -> str:
 
 def _variant_sentences(verdicts: list[Mapping]) -> list[str]:
     """Per variant with anything to say: its defects (position and tokens), invalid rows, tie-flips."""
-    artifacts = {(str(p["case"]), int(p["row"]), p["candidate_top1"]): candidate_name(v)
-                 for v in verdicts for p in v["positions"] if p["class"] == "oracle-artifact"}
+    artifacts: dict[tuple, list[str]] = {}
+    for v in verdicts:
+        for p in v["positions"]:
+            if p["class"] == "oracle-artifact":
+                artifacts.setdefault((str(p["case"]), int(p["row"]), p["candidate_top1"]), []).append(candidate_name(v))
     out = []
     for v in verdicts:
         cand = candidate_name(v)
@@ -356,9 +359,11 @@ def _variant_sentences(verdicts: list[Mapping]) -> list[str]:
                      f"{_tok(p, 'oracle_top1')}, {md_text(visible(cand))} {_tok(p, 'candidate_top1')}")
                 if p.get("control_top1") is not None:
                     r += f", control {_tok(p, 'control_top1')}"
-                shared = artifacts.get((str(p["case"]), int(p["row"]), p["candidate_top1"]))
-                if shared and shared != cand:
-                    r += f" (the flip {md_text(visible(shared))} shares with its control)"
+                shared = [n for n in artifacts.get((str(p["case"]), int(p["row"]), p["candidate_top1"]), [])
+                          if n != cand]
+                if shared:
+                    who = " and ".join(md_text(visible(n)) for n in shared)
+                    r += f" (the flip {who} {'shares' if len(shared) == 1 else 'share'} with the control)"
                 rows.append(r)
             what = "confident flips the control does not share" if control_name(v) else "confident flips (no control)"
             parts.append(f"{_plural(len(defects), 'defect')} — {what}: {_listed(rows)}")
@@ -431,6 +436,9 @@ def _speed_sentences(inp: CardInputs, verdicts: list[Mapping]) -> list[str]:
                              f"{size_text(wbytes * s.decode_tok_s, 'B/s')}, **{_pct(use[0])}** of "
                              f"{md_text(bw.name)}'s {bw.bytes_per_s / 1e9:.0f} GB/s memory bandwidth "
                              f"(source: {md_text(visible(bw.source))}).")
+                    if use[0] > 1:
+                        sent += (" **More than the ceiling**: the weight bytes, the rate or the machine named "
+                                 "cannot all be right.")
                 elif inp.bandwidth is None:
                     sent += " Bandwidth use not computed: no machine bandwidth given (`--chip` or `--bandwidth`)."
                 else:
