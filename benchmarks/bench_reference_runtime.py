@@ -94,7 +94,7 @@ def _prob_margin(rows: np.ndarray) -> np.ndarray:
     return top2[:, 1] - top2[:, 0]
 
 
-def argmax_agreement(folder: Path, near_tie: float = 0.1) -> dict:
+def argmax_agreement(folder: Path, near_tie: float = 0.1, cases: int | None = None) -> dict:
     import importlib.util
 
     from harness.candidates import resolve
@@ -111,7 +111,7 @@ def argmax_agreement(folder: Path, near_tie: float = 0.1) -> dict:
     bundle = bench_coreai.build_fixture_bundle(folder)
     built = time.perf_counter() - t0
     oracle = open_trace(run_oracle(out=folder / "oracle.safetensors", quiet=True))
-    seqs = sequences_from_trace(oracle)
+    seqs = sequences_from_trace(oracle)[:cases]
     steps = sum(len(s.input_ids) - 1 for s in seqs)
     model = fixture_model_path()
     emulated = emulated_candidate("int8hu", model=str(model))
@@ -136,6 +136,7 @@ def argmax_agreement(folder: Path, near_tie: float = 0.1) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--matmul-only", action="store_true")
+    ap.add_argument("--cases", type=int, help="part 2 on the first N fixture cases only (default: all 11)")
     ap.add_argument("--speed-out", type=Path, help="write the runtime's decode speed as a flipgate.speed/1 record")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -150,7 +151,7 @@ def main() -> int:
         print(f"   ({time.perf_counter() - t0:.0f} s)")
         if args.matmul_only:
             return 0
-        a = argmax_agreement(Path(tmp))
+        a = argmax_agreement(Path(tmp), cases=args.cases)
         print(f"2. fixture int8hu bundle (built in {a['built_s']:.0f} s) on {a['runtime']}, against emulated int8hu:")
         print(f"   argmax differs at {a['differ']} of {a['positions']} scored positions: {a['differ_near_tie']} of "
               f"{a['near_tie']} near-tie positions (emulation's prob margin < 0.1), {a['differ_confident']} of "

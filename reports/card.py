@@ -279,7 +279,10 @@ def _oracle_sentence(verdicts: list[Mapping]) -> str:
     space = {"prob": "the softmax-probability gap p(top1) − p(top2)", "logit": "the logit gap"}.get(
         margin_space(v), margin_space(v))
     mins = sorted({float(x["policy"].get("min_margin", 0.1)) for x in verdicts})
-    return (f"The oracle is the checkpoint's **{md_text(variant)}** ({md_text(label(kind))}); each gate is "
+    runner = visible(oracle.get("runner") or "not recorded") if isinstance(oracle, Mapping) else "not recorded"
+    what = "the reference" if kind == "oracle" else f"{label(kind)} evidence, not a full-precision model"
+    return (f"The oracle is the checkpoint in **{md_text(variant)}** (runner {md_text(runner)}: "
+            f"{md_text(what)}); each gate is "
             f"teacher-forced single-step argmax under an oracle-margin ≥ {'/'.join(f'{m:g}' for m in mins)} rule "
             f"(margin = {md_text(space)}) over {_plural(n, 'scored position')} in {_plural(cases, 'case')}.")
 
