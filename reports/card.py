@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 from gates.metrics import wilson_interval
 from harness.errors import InputError
@@ -195,6 +195,7 @@ def _inspection_row(doc: Mapping, source: str) -> tuple[str, str, str, int | Non
 
 
 def inspection_for(inp: CardInputs, variant: str) -> Mapping | None:
+    """The `inspect --json` document of the variant's bundle, if one was given."""
     return inp.inspections.get(variant)
 
 
@@ -242,7 +243,6 @@ def measured_table(inp: CardInputs, verdicts: list[Mapping], subject: Mapping) -
         use = bandwidth_share(inp, variant, wbytes)
         if use is not None:
             rows.append(("bandwidth use", f"{_pct(use[0])} of {use[1]}", "device (llm-benchmark decode)"))
-    k, n, ub = flip_rate_bound(subject)
     rows.append(("numerics", f"{numerics_headline(subject)}", label(candidate_evidence(subject))))
     out = ["| metric | value | evidence |", "|---|---|---|"]
     out += ["| " + " | ".join(md_text(c) for c in r) + " |" for r in rows]

@@ -80,8 +80,26 @@ def run(args) -> int:
         library_name=args.library_name)
     text = render_card(inputs)
     if args.out:
+        _refuse_overwriting_an_input(args)
         write_text_atomic(args.out, text)
         print(args.out)
     else:
         sys.stdout.write(text)
     return card_exit_code(inputs)
+
+
+def _refuse_overwriting_an_input(args) -> None:
+    """--out must not name a file the card was made from (a verdict, an audit, a speed file, a record)."""
+    import os
+
+    from harness.errors import InputError
+    from reports.card import _named
+
+    inputs = list(args.verdicts or []) + [_named(s)[1] for s in args.inspect + args.speed] + list(args.localise)
+    for path in inputs:
+        try:
+            same = os.path.samefile(path, args.out)
+        except OSError:
+            continue
+        if same:
+            raise InputError(f"--out {args.out}: that is an input of the card ({path}); write the card elsewhere")

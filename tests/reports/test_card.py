@@ -267,3 +267,11 @@ def test_cli_refuses_bad_inputs_with_exit_2(verdict_files, tmp_path, capsys):
     assert main(["card", "int8hu", "--verdicts", *files, "--speed", f"int9={BENCH / 'output.json'}"]) == 2
     err = capsys.readouterr().err
     assert "'M9 Hyper': not in the bandwidth table" in err and "no 'Benchmark Summary' block" in err
+
+
+def test_out_never_replaces_an_input(verdict_files, capsys):
+    files = [str(p) for p in verdict_files.values()]
+    before = verdict_files["int8hu"].read_bytes()
+    assert main(["card", "int8hu", "--verdicts", *files, "--out", files[1]]) == 2
+    assert verdict_files["int8hu"].read_bytes() == before
+    assert "is an input of the card" in capsys.readouterr().err
