@@ -93,14 +93,15 @@ def confident_flips(v: Mapping) -> list[Mapping]:
 
 def flip_rate_bound(v: Mapping) -> tuple[int, int, float]:
     """(confident flips, confident positions, 95 % Wilson upper bound on the confident-flip rate)."""
-    n = int(v["summary"]["confident"])
+    n = sum(_is_confident(v, p) for p in v["positions"])  # from the positions, as the verdict was judged
     k = len(confident_flips(v))
     return k, n, wilson_interval(k, n)[1]
 
 
 def equals_oracle(v: Mapping) -> bool:
     """Every confident position a match and no row invalid: the strongest claim a card can make."""
-    return int(v["summary"]["confident"]) > 0 and not confident_flips(v) and int(v["summary"]["invalid"]) == 0
+    return (any(_is_confident(v, p) for p in v["positions"]) and not confident_flips(v)
+            and not any(p["class"] == "invalid" for p in v["positions"]))
 
 
 def _pct(x: float) -> str:

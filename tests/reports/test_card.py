@@ -70,7 +70,7 @@ def rejudged(v: dict) -> dict:
              oracle_artifacts=count("oracle-artifact"), defects=count("defect"), invalid=count("invalid"))
     flips = count("defect") + count("oracle-artifact")
     s["confident_flips"] = flips
-    s["confident_flip_rate"] = flips / s["confident"]
+    s["confident_flip_rate"] = flips / s["confident"] if s["confident"] else None
     s["confident_flip_rate_ci95"] = list(wilson_interval(flips, s["confident"]))
     s["reasons"] = [f"{s['defects']} defect(s), max_defects 0"] if s["defects"] else []
     v["passed"] = s["defects"] == 0 and s["invalid"] == 0 and s["min_cosine"] >= v["policy"]["min_cosine"]
@@ -275,3 +275,15 @@ def test_out_never_replaces_an_input(verdict_files, capsys):
     assert main(["card", "int8hu", "--verdicts", *files, "--out", files[1]]) == 2
     assert verdict_files["int8hu"].read_bytes() == before
     assert "is an input of the card" in capsys.readouterr().err
+
+
+def test_no_confident_positions_is_never_equal_to_the_oracle(seed):
+    v = seed[1]  # int8hu: an oracle-artifact and a tie-flip
+    for p in v["positions"]:
+        p["margin"] = 0.05
+        if p["class"] != "match":
+            p["class"] = "tie-flip"
+    v["summary"]["confident"] = 0
+    text = render_card(CardInputs([rejudged(v)], "int8hu"))
+    assert "**No variant equals the oracle at every confident position.**" in text
+    assert "int8hu: 0 of 0 confident positions flip" in text
