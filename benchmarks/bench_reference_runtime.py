@@ -133,9 +133,67 @@ def argmax_agreement(folder: Path, near_tie: float = 0.1, cases: int | None = No
             "runtime": python.metadata()["coreai_runtime"], "bundle": str(bundle)}
 
 
+GENERATED = {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 2,
+             "layer_types": ["linear_attention", "full_attention"], "head_dim": 64, "num_attention_heads": 8,
+             "num_key_value_heads": 2, "linear_key_head_dim": 64, "linear_num_key_heads": 4,
+             "linear_num_value_heads": 8, "linear_value_head_dim": 64}
+HEAD_SCALE = 8.0  # random init gives logits of std ~0.5 (every position a tie); this spreads them to ~4
+
+
+def generated_agreement(folder: Path, sequences: int = 3, length: int = 33, near_tie: float = 0.1) -> dict:
+    """Part 2 on a generated model (the fixture's architecture at 4x its width, MLP K = 2048, random
+    weights, seed 0): the same comparison where the runtime's rounding is larger."""
+    import importlib.util
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from harness.candidates import resolve
+    from harness.candidates.base import Sequence
+    from harness.candidates.emulated import emulated_candidate, load_fp16, prepare_coreai_opt
+    from harness.models import fixture_model_path
+    from harness.recipe import get_recipe
+
+    fixture = fixture_model_path()
+    model_dir = folder / "generated-model"
+    cfg = AutoConfig.from_pretrained(fixture)
+    for k, v in GENERATED.items():
+        setattr(cfg, k, v)
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    with torch.no_grad():
+        lm.lm_head.weight.mul_(HEAD_SCALE)
+    lm.save_pretrained(model_dir)
+    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(fixture / f, model_dir / f)
+    params = sum(p.numel() for p in lm.parameters())
+
+    spec = importlib.util.spec_from_file_location("coreai_conftest", ROOT / "tests/harness/coreai/conftest.py")
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    model = load_fp16(model_dir)
+    quantizer, prepared = prepare_coreai_opt(model, get_recipe("int8hu").plan(model))
+    bundle = conftest.build_bundle(quantizer.finalize(prepared), model_dir, folder / "Generated-int8hu",
+                                   name="generated-int8hu-bench")
+    rng = np.random.default_rng(0)
+    seqs = [Sequence(f"g{i}", rng.integers(0, cfg.vocab_size, size=length).astype(np.int64), length - 1)
+            for i in range(sequences)]
+    emulated = emulated_candidate("int8hu", model=str(model_dir))
+    python = resolve(f"coreai-python:{bundle}", model=str(model_dir), audit=False)
+    emu = np.concatenate([np.asarray(c.logits, dtype=np.float32) for c in emulated.run(seqs)])
+    rt = np.concatenate([np.asarray(c.logits, dtype=np.float32) for c in python.run(seqs)])
+    differ = emu.argmax(axis=1) != rt.argmax(axis=1)
+    tie = _prob_margin(emu) < near_tie
+    return {"params": params, "positions": int(len(emu)), "differ": int(differ.sum()), "near_tie": int(tie.sum()),
+            "differ_near_tie": int((differ & tie).sum()), "differ_confident": int((differ & ~tie).sum())}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--matmul-only", action="store_true")
+    ap.add_argument("--no-generated", action="store_true", help="skip part 3 (the generated, wider model)")
+    ap.add_argument("--generated-only", action="store_true", help="part 3 only")
     ap.add_argument("--cases", type=int, help="part 2 on the first N fixture cases only (default: all 11)")
     ap.add_argument("--speed-out", type=Path, help="write the runtime's decode speed as a flipgate.speed/1 record")
     args = ap.parse_args()
@@ -151,6 +209,12 @@ def main() -> int:
         print(f"   ({time.perf_counter() - t0:.0f} s)")
         if args.matmul_only:
             return 0
+        if args.generated_only:
+            g = generated_agreement(Path(tmp))
+            print(f"3. generated model ({g['params'] / 1e6:.1f} M parameters): argmax differs at {g['differ']} of "
+                  f"{g['positions']}: {g['differ_near_tie']} of {g['near_tie']} near-tie, {g['differ_confident']} of "
+                  f"{g['positions'] - g['near_tie']} others")
+            return 0
         a = argmax_agreement(Path(tmp), cases=args.cases)
         print(f"2. fixture int8hu bundle (built in {a['built_s']:.0f} s) on {a['runtime']}, against emulated int8hu:")
         print(f"   argmax differs at {a['differ']} of {a['positions']} scored positions: {a['differ_near_tie']} of "
@@ -161,6 +225,14 @@ def main() -> int:
         print(f"   S=1 decode over {a['steps']} steps: coreai-python {rt_tok_s:.1f} tok/s, emulated {emu_tok_s:.1f} tok/s "
               f"(ratio {emu_tok_s / rt_tok_s:.1f}x)")
         print(f"load average at end: {os.getloadavg()[0]:.2f}")
+        if not args.no_generated:
+            t0 = time.perf_counter()
+            g = generated_agreement(Path(tmp))
+            print(f"3. generated model ({g['params'] / 1e6:.1f} M parameters, hidden 512, MLP 2048, random weights), "
+                  f"int8hu bundle on the same runtime against emulated int8hu ({time.perf_counter() - t0:.0f} s):")
+            print(f"   argmax differs at {g['differ']} of {g['positions']} positions: {g['differ_near_tie']} of "
+                  f"{g['near_tie']} near-tie positions (emulation's prob margin < 0.1), {g['differ_confident']} of "
+                  f"{g['positions'] - g['near_tie']} others")
         if args.speed_out:
             from harness.fileio import write_text_atomic
 

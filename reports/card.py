@@ -2,7 +2,7 @@
 
     from reports.card import CardInputs, render_card
     text = render_card(CardInputs(verdicts, subject="int8hu", inspections={"int8hu": inspect_json},
-                                  speeds=[read_speed("bench.json")], localisations=[record],
+                                  speeds={"int8hu": [read_speed("bench.json")]}, localisations=[record],
                                   bandwidth=chip_bandwidth("M4 Max"), base_model=["Qwen/Qwen3.6-27B"]))
 
 What it holds: YAML front matter (license, base_model, tags, pipeline_tag, library_name, as the
@@ -32,7 +32,8 @@ from harness.evidence import DESCRIPTIONS, evidence_of, label
 
 from .escape import md_text, token, visible
 from .localise import check_record, culprits_text, position_key, summary_line
-from .model import as_verdicts, candidate_evidence, candidate_name, control_name, fmt, margin_space, one_line, reasons, verdict_word
+from .model import (as_verdicts, candidate_evidence, candidate_name, control_name, fmt, margin_space, one_line,
+                    reasons, verdict_word)
 from .speed import Bandwidth, Speed, bandwidth_use, size_text, weight_bytes
 
 MAX_LISTED = 10  # positions listed per variant and kind; the rest are counted
@@ -57,7 +58,7 @@ class CardInputs:
 # ---- small views ----------------------------------------------------------------------------------
 
 def _tok(p: Mapping, key: str) -> str:
-    """`'>>>' #371`: a token's text made visible and escaped, with its id."""
+    """`"␣is" #305`: a token's text made visible and escaped for Markdown, with its id."""
     tid = p.get(key)
     if tid is None:
         return "—"
@@ -201,7 +202,8 @@ def inspection_for(inp: CardInputs, variant: str) -> Mapping | None:
 
 
 def bundle_table(inp: CardInputs, verdicts: list[Mapping]) -> list[str]:
-    out = ["| variant | numerics evidence | bundle | size on disk | weight bytes | weight storage mix |", "|---|---|---|---|---|---|"]
+    out = ["| variant | numerics evidence | bundle | size on disk | weight bytes | weight storage mix |",
+           "|---|---|---|---|---|---|"]
     seen = []
     for v in verdicts:
         variant = candidate_name(v)
@@ -214,7 +216,8 @@ def bundle_table(inp: CardInputs, verdicts: list[Mapping]) -> list[str]:
         else:
             name, size, mix, wbytes = _inspection_row(doc, f"inspection of {variant}")
             cells = [name, size, size_text(wbytes), mix]
-        out.append("| " + " | ".join(md_text(c) for c in [visible(variant), label(candidate_evidence(v))] + cells) + " |")
+        row = [visible(variant), label(candidate_evidence(v))] + cells
+        out.append("| " + " | ".join(md_text(c) for c in row) + " |")
     for variant, doc in inp.inspections.items():
         if variant not in seen:
             name, size, mix, wbytes = _inspection_row(doc, f"inspection of {variant}")
@@ -402,8 +405,9 @@ def _localisation_sentences(records: list[Mapping], verdicts: list[Mapping]) -> 
                              f"gate's verdict judges {candidate_name(g)!r}: records of different runs")
         s = f"Localisation — {md_text(visible(summary_line(d)))}."
         if d["positions"]:
-            s += " Culprits per defect: " + _listed([f"{md_text(position_key(p))} → {md_text(visible(culprits_text(p)))}"
-                                                      f" ({md_text(p['status'])})" for p in d["positions"]]) + "."
+            s += " Culprits per defect: " + _listed([
+                f"{md_text(position_key(p))} → {md_text(visible(culprits_text(p)))} ({md_text(p['status'])})"
+                for p in d["positions"]]) + "."
         sizes = d.get("sizes") or {}
         if d.get("suggested"):
             s += (f" Weight bytes: {md_text(visible(d['candidate']))} {loc_size(sizes.get('candidate'))}, "
@@ -450,7 +454,8 @@ def _speed_sentences(inp: CardInputs, verdicts: list[Mapping]) -> list[str]:
                              "(`flipgate inspect BUNDLE --json`).")
             else:
                 sent = (f"**{md_text(label(s.evidence))}** ({md_text(visible(s.runtime or s.source))}): {rates} for "
-                        f"{md_text(visible(variant))} — {md_text(DESCRIPTIONS.get(s.evidence, DESCRIPTIONS['unknown']))}; "
+                        f"{md_text(visible(variant))} — "
+                        f"{md_text(DESCRIPTIONS.get(s.evidence, DESCRIPTIONS['unknown']))}; "
                         "a cost of checking the asset off the device, not the device's speed (no bandwidth share "
                         "is computed from it).")
             out.append(sent)

@@ -136,8 +136,9 @@ def parse_runtime_speed(doc: Any, source: str = "speed file") -> Speed:
     evidence = evidence_of({"runner": "coreai-python", "coreai_runtime": str(doc.get("coreai_runtime", ""))})
     decode = _rate(doc.get("decode_tok_s"), f"{source}: decode_tok_s")
     prefill = doc.get("prefill_tok_s")
-    return Speed("coreai-python", evidence, decode, None if prefill is None else _rate(prefill, f"{source}: prefill_tok_s"),
-                 source, model=str(doc.get("model") or ""), runtime=str(doc.get("coreai_runtime", "")))
+    prefill = None if prefill is None else _rate(prefill, f"{source}: prefill_tok_s")
+    return Speed("coreai-python", evidence, decode, prefill, source, model=str(doc.get("model") or ""),
+                 runtime=str(doc.get("coreai_runtime", "")))
 
 
 def read_speed(path: str | Path) -> Speed:
