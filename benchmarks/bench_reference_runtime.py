@@ -1,7 +1,8 @@
 """What coreai-core's in-package CPU runtime (`coreai-python:` on Linux) is evidence of: its rounding.
 
-    python benchmarks/bench_reference_runtime.py                 # both parts, about 3-5 minutes on 1 core
-    python benchmarks/bench_reference_runtime.py --matmul-only   # part 1 only (about a minute)
+    python benchmarks/bench_reference_runtime.py                 # all three parts, a few minutes on a quiet core
+    python benchmarks/bench_reference_runtime.py --matmul-only   # part 1 only (seconds)
+    python benchmarks/bench_reference_runtime.py --generated-only  # parts 1 and 3
     python benchmarks/bench_reference_runtime.py --speed-out speed.json   # + a flipgate.speed/1 record
 
 1. **fp16 matmul error against the width K.** One fp16 linear layer y = W x (64 outputs, K inputs,
@@ -16,6 +17,9 @@
    two argmaxes differ, all positions and near-tie positions (emulation's own top-1 minus top-2
    probability below 0.1), and the runtime's decode speed (S=1 steps per second) beside the
    emulation's, in the same run, with the machine load.
+3. **The same on a generated, wider model**: the fixture's architecture at 4x its width (hidden 512,
+   MLP 2048, two layers, random weights, seed 0, head scaled so the logits spread), 96 positions of
+   random tokens: where the runtime's rounding is larger, near-tie argmaxes move.
 
 The runtime's rows say nothing about the device's numerics (the OS framework specializes the asset
 for CPU, GPU or Neural Engine with its own kernels); the figures say how far a Linux CI run of the
