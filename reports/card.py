@@ -123,29 +123,10 @@ def _yaml_scalar(s: str) -> str:
 
 
 def default_tags(verdicts: list[Mapping]) -> list[str]:
-    """core-ai, coreai, apple, the checkpoint's model_type where its config.json says, text-generation."""
-    tags = ["core-ai", "coreai", "apple"]
-    model_type = _model_type(verdicts)
-    if model_type:
-        tags.append(model_type)
-    return tags + ["text-generation"]
-
-
-def _model_type(verdicts: list[Mapping]) -> str:
-    from pathlib import Path
-
-    for v in verdicts:
-        model = (v.get("provenance") or {}).get("model")
-        if isinstance(model, str) and model:
-            cfg = Path(model) / "config.json"
-            try:
-                data = json.loads(cfg.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            text = data.get("model_type") or data.get("text_config", {}).get("model_type")
-            if isinstance(text, str) and _PLAIN_YAML.match(text):
-                return text
-    return ""
+    """core-ai, coreai, apple, text-generation. The architecture's tags (`qwen3_5`, `dense`) come with
+    --tag: a card made from the same verdicts reads the same on any machine, so nothing is looked up
+    on disk."""
+    return ["core-ai", "coreai", "apple", "text-generation"]
 
 
 def front_matter(inp: CardInputs, verdicts: list[Mapping]) -> list[str]:

@@ -43,7 +43,7 @@ def register(sub) -> None:
     meta.add_argument("--base-model", action="append", default=[], metavar="ID",
                       help="the source checkpoint's id (default: the oracle model folder's name)")
     meta.add_argument("--tag", action="append", default=[], metavar="T",
-                      help="a tag (default: core-ai, coreai, apple, the model_type, text-generation)")
+                      help="a tag (default: core-ai, coreai, apple, text-generation)")
     meta.add_argument("--pipeline-tag", default="text-generation")
     meta.add_argument("--library-name", default="coreai")
     p.add_argument("--title", help="the card's heading (default: 'VARIANT — Core AI bundle')")
