@@ -122,7 +122,7 @@ def _yaml_scalar(s: str) -> str:
     return json.dumps(s, ensure_ascii=True)
 
 
-def default_tags(verdicts: list[Mapping]) -> list[str]:
+def default_tags() -> list[str]:
     """core-ai, coreai, apple, text-generation. The architecture's tags (`qwen3_5`, `dense`) come with
     --tag: a card made from the same verdicts reads the same on any machine, so nothing is looked up
     on disk."""
@@ -132,7 +132,7 @@ def default_tags(verdicts: list[Mapping]) -> list[str]:
 def front_matter(inp: CardInputs, verdicts: list[Mapping]) -> list[str]:
     model = str((verdicts[0].get("provenance") or {}).get("model") or "unknown")
     base = inp.base_model or [model.rstrip("/").rsplit("/", 1)[-1]]  # a local path: its folder's name
-    tags = inp.tags or default_tags(verdicts)
+    tags = inp.tags or default_tags()
     out = ["---", f"license: {_yaml_scalar(inp.license)}", "base_model:"]
     out += [f"- {_yaml_scalar(b)}" for b in base]
     out += ["tags:"] + [f"- {_yaml_scalar(t)}" for t in tags]
@@ -148,8 +148,8 @@ def evidence_line(subject: Mapping) -> str:
     kind = candidate_evidence(subject)
     cand = md_text(visible(candidate_name(subject)))
     if kind == "device":
-        return (f"**Evidence: device.** The numerics of {cand} below are rows of the device's Core AI runtime "
-                f"({DESCRIPTIONS['device'].split('(', 1)[1].rstrip(')')}), teacher-forced against the oracle.")
+        return (f"**Evidence: device.** The numerics of {cand} below are rows of {md_text(DESCRIPTIONS['device'])}, "
+                "teacher-forced against the oracle.")
     return (f"**Evidence: {md_text(label(kind))}, not device.** The numerics of {cand} below are "
             f"{md_text(DESCRIPTIONS.get(kind, DESCRIPTIONS['unknown']))}; no run of the device's Core AI runtime "
             "stands behind them.")
@@ -168,9 +168,11 @@ def _inspection_row(doc: Mapping, source: str) -> tuple[str, str, str, int | Non
             raise InputError(f"{source}: asset_audit has no 'storage' object")
         wbytes = weight_bytes(storage, source)
         fractions = audit.get("weight_storage_mix") or {}
-        if isinstance(fractions, Mapping) and fractions:
-            mix = " · ".join(f"{visible(k)} {100 * float(f):.1f}%" for k, f in
-                             sorted(fractions.items(), key=lambda kv: -float(kv[1])))
+        if not isinstance(fractions, Mapping) or not all(
+                isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1 for f in fractions.values()):
+            raise InputError(f"{source}: weight_storage_mix must map storage types to fractions in [0, 1]")
+        if fractions:
+            mix = " · ".join(f"{visible(k)} {100 * f:.1f}%" for k, f in sorted(fractions.items(), key=lambda kv: -kv[1]))
     on_disk = doc.get("bundle_bytes")
     size = size_text(on_disk) if isinstance(on_disk, int) and not isinstance(on_disk, bool) else "not measured"
     name = visible(doc.get("name") or doc.get("bundle") or "?")

@@ -249,6 +249,10 @@ def test_inspection_that_contradicts_its_variant_is_refused(tmp_path):
     assert load_inspection(str(p), "int4lin")[0] == "int8hu"  # the variant inspect checked
     with pytest.raises(InputError, match="named as variant 'int4lin', but inspect checked it as 'int8hu'"):
         load_inspection(f"int4lin={p}", "int8hu")
+    doc["asset_audit"]["weight_storage_mix"]["Int8"] = "lots"
+    with pytest.raises(InputError, match="weight_storage_mix must map storage types to fractions"):
+        render_card(CardInputs(load_verdicts([DATA / "int8hu.verdict.json"]), "int8hu", inspections={"int8hu": doc}))
+    doc["asset_audit"]["weight_storage_mix"]["Int8"] = 0.86
     doc["variant_check"]["ok"] = False
     p.write_text(json.dumps(doc))
     with pytest.raises(InputError, match="contradicts"):
