@@ -229,7 +229,7 @@ def measured_table(inp: CardInputs, verdicts: list[Mapping], subject: Mapping) -
         rows.append(("bundle", size, "flipgate inspect"))
         use = bandwidth_share(inp, variant, wbytes)
         if use is not None:
-            rows.append(("bandwidth use", f"{_pct(use[0])} of {use[1]}", "device (llm-benchmark decode)"))
+            rows.append(("bandwidth use", f"{_pct(use[0])} of {use[1]}", f"{_speed_evidence(use[2])}, decode"))
     rows.append(("numerics", f"{numerics_headline(subject)}", label(candidate_evidence(subject))))
     out = ["| metric | value | evidence |", "|---|---|---|"]
     out += ["| " + " | ".join(md_text(c) for c in r) + " |" for r in rows]
@@ -245,13 +245,14 @@ def numerics_headline(v: Mapping) -> str:
     return f"{cand}: {k} of {n} confident positions flip ({verdict_word(v)})"
 
 
-def bandwidth_share(inp: CardInputs, variant: str, wbytes: int | None) -> tuple[float, str] | None:
-    """(share, "NAME's X GB/s") for the variant's device decode, or None when something is missing."""
+def bandwidth_share(inp: CardInputs, variant: str, wbytes: int | None) -> tuple[float, str, Speed] | None:
+    """(share, "NAME's X GB/s", the speed used) for the variant's device decode, or None when something
+    is missing. Only device speeds count: a share of an Apple chip's bandwidth by another runtime means nothing."""
     device = [s for s in inp.speeds.get(variant, []) if s.evidence == "device" and s.decode_tok_s]
     if inp.bandwidth is None or not wbytes or not device:
         return None
     share = bandwidth_use(wbytes, device[0].decode_tok_s, inp.bandwidth.bytes_per_s)
-    return share, f"{inp.bandwidth.name}'s {inp.bandwidth.bytes_per_s / 1e9:.0f} GB/s"
+    return share, f"{inp.bandwidth.name}'s {inp.bandwidth.bytes_per_s / 1e9:.0f} GB/s", device[0]
 
 
 # ---- the numerics paragraph -------------------------------------------------------------------------
@@ -417,20 +418,20 @@ def _speed_sentences(inp: CardInputs, verdicts: list[Mapping]) -> list[str]:
                     run.append(f"{s.prompt_tokens} prompt / {s.generation_tokens} generation tokens")
                 if s.trials:
                     run.append(_plural(s.trials, "trial"))
-                sent = (f"**Speed of {md_text(visible(variant))}** (device, llm-benchmark"
+                sent = (f"**Speed of {md_text(visible(variant))}** ({md_text(_speed_evidence(s))}"
                         + (f", {md_text(', '.join(run))}" if run else "") + f"): {rates}.")
-                use = bandwidth_share(inp, variant, wbytes)
-                if use is not None:
-                    bw = inp.bandwidth
+                bw = inp.bandwidth
+                if bw is not None and wbytes and s.decode_tok_s:
+                    share = bandwidth_use(wbytes, s.decode_tok_s, bw.bytes_per_s)
                     sent += (f" A dense decode reads every weight once per token: {size_text(wbytes)} per token "
                              f"(the bundle's weight storage, from its audit) × {s.decode_tok_s:.1f} tok/s = "
-                             f"{size_text(wbytes * s.decode_tok_s, 'B/s')}, **{_pct(use[0])}** of "
+                             f"{size_text(wbytes * s.decode_tok_s, 'B/s')}, **{_pct(share)}** of "
                              f"{md_text(bw.name)}'s {bw.bytes_per_s / 1e9:.0f} GB/s memory bandwidth "
                              f"(source: {md_text(visible(bw.source))}).")
-                    if use[0] > 1:
+                    if share > 1:
                         sent += (" **More than the ceiling**: the weight bytes, the rate or the machine named "
                                  "cannot all be right.")
-                elif inp.bandwidth is None:
+                elif bw is None:
                     sent += " Bandwidth use not computed: no machine bandwidth given (`--chip` or `--bandwidth`)."
                 else:
                     sent += (" Bandwidth use not computed: no storage audit of this bundle "

@@ -213,7 +213,7 @@ def test_device_card_with_llm_benchmark_speed_and_bandwidth(fixture_verdicts):
     assert "| prefill | 15.8 tok/s | device (llm-benchmark) |" in text
     # 28 GiB read per token at 15.9 tok/s on an M4 Max (546 GB/s): the seed card's "~87 %"
     assert 28 * 2**30 * 15.9 / 546e9 == pytest.approx(0.8755, abs=1e-4)
-    assert "| bandwidth use | 87.6 % of M4 Max's 546 GB/s |" in text
+    assert "| bandwidth use | 87.6 % of M4 Max's 546 GB/s | device (llm-benchmark), decode |" in text
     assert "30.1 GB per token (the bundle's weight storage, from its audit) × 15.9 tok/s = 478 GB/s, **87.6 %**" in text
     assert "apple.com/newsroom/2024/10/apple-introduces-m4-pro-and-m4-max" in text
     # another machine, another share; no bandwidth, no share
