@@ -209,9 +209,12 @@ def bundle_table(inp: CardInputs, verdicts: list[Mapping]) -> list[str]:
     return out
 
 
+def _speed_what(s: Speed) -> str:
+    return "llm-benchmark" if s.source == "llm-benchmark" else f"coreai-python, {s.runtime or 'runtime not recorded'}"
+
+
 def _speed_evidence(s: Speed) -> str:
-    what = "llm-benchmark" if s.source == "llm-benchmark" else f"coreai-python, {s.runtime or 'runtime not recorded'}"
-    return f"{label(s.evidence)} ({what})"
+    return f"{label(s.evidence)} ({_speed_what(s)})"
 
 
 def measured_table(inp: CardInputs, verdicts: list[Mapping], subject: Mapping) -> list[str]:
@@ -418,7 +421,8 @@ def _speed_sentences(inp: CardInputs, verdicts: list[Mapping]) -> list[str]:
                     run.append(f"{s.prompt_tokens} prompt / {s.generation_tokens} generation tokens")
                 if s.trials:
                     run.append(_plural(s.trials, "trial"))
-                sent = (f"**Speed of {md_text(visible(variant))}** ({md_text(_speed_evidence(s))}"
+                sent = (f"**Speed of {md_text(visible(variant))}** ({md_text(label(s.evidence))}, "
+                        f"{md_text(visible(_speed_what(s)))}"
                         + (f", {md_text(', '.join(run))}" if run else "") + f"): {rates}.")
                 bw = inp.bandwidth
                 if bw is not None and wbytes and s.decode_tok_s:

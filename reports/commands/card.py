@@ -70,7 +70,8 @@ def run(args) -> int:
     if args.chip:
         bandwidth = chip_bandwidth(args.chip)
     elif args.bandwidth:
-        bandwidth = Bandwidth(parse_bandwidth(args.bandwidth), args.bandwidth, "given with --bandwidth")
+        bandwidth = Bandwidth(parse_bandwidth(args.bandwidth), "the machine",
+                              f"given as --bandwidth {args.bandwidth}")
     inspections = dict(load_inspection(s, shipped) for s in args.inspect)
     inputs = CardInputs(
         verdicts, args.gate, inspections=inspections,

@@ -291,3 +291,15 @@ def test_no_confident_positions_is_never_equal_to_the_oracle(seed):
     text = render_card(CardInputs([rejudged(v)], "int8hu"))
     assert "**No variant equals the oracle at every confident position.**" in text
     assert "int8hu: 0 of 0 confident positions flip" in text
+
+
+def test_cli_card_with_a_given_bandwidth(tmp_path, capsys):
+    files = [str(DATA / f"{g}.verdict.json") for g in GATES]
+    rc = main(["card", "int8hu", "--verdicts", *files, "--inspect", str(DATA / "inspect-int8hu.json"),
+               "--speed", str(BENCH / "stdout.txt"), "--bandwidth", "546GB/s", "--license", "apache-2.0"])
+    text = capsys.readouterr().out
+    assert rc == 0 and text.startswith("---\nlicense: apache-2.0\n")
+    # 2,848,014 weight bytes x 15.9 tok/s / 546e9 B/s
+    assert f"{100 * 2_848_014 * 15.9 / 546e9:.2f} %" == "0.01 %"
+    assert "**0.01 %** of the machine's 546 GB/s memory bandwidth (source: given as --bandwidth 546GB/s)" in text
+    assert "| decode | 15.9 tok/s | device (llm-benchmark) |" in text
