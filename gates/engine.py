@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from harness.errors import InputError
+from harness.evidence import evidence_of
 from harness.trace import Trace, open_trace
 
 from . import metrics, sweep
@@ -82,7 +83,8 @@ def _trace_info(t: Trace) -> dict:
     dtypes = sorted({t.logits_dtype(c) for c in t.case_ids})
     return {"path": str(t.path), "runner": t.runner, "variant": t.variant, "model": meta.get("model", ""),
             "tokenizer_sha256": meta.get("tokenizer_sha256", ""), "harness_version": meta.get("harness_version", ""),
-            "created_at": meta.get("created_at", ""), "logits_dtype": ",".join(dtypes), "cases": len(t.case_ids)}
+            "created_at": meta.get("created_at", ""), "logits_dtype": ",".join(dtypes), "cases": len(t.case_ids),
+            "evidence": evidence_of(meta)}
 
 
 class _Texts:

@@ -298,6 +298,9 @@ def base_metadata(*, runner: str, variant: str, vocab_size: int, model: str = ""
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     meta.update({k: str(v) for k, v in extra.items()})
+    from .evidence import evidence_of
+
+    meta["evidence"] = evidence_of(meta)  # DESIGN.md: what kind of evidence the rows are
     return meta
 
 

@@ -59,8 +59,11 @@ def run(args) -> int:
                                others=variant_expectations(arch, recipes))
 
     if args.json:
+        from reports.speed import weight_bytes
+
         doc = {
-            "bundle": str(bundle.path), "name": md.name, "metadata_version": md.metadata_version,
+            "bundle": str(bundle.path), "bundle_bytes": _bytes_on_disk(bundle.path), "name": md.name,
+            "metadata_version": md.metadata_version,
             "vocab_size": md.vocab_size, "max_context_length": md.max_context_length,
             "function_map": md.function_map, "compression": md.compression, "asset": md.assets["main"],
             "tokenizer": None if tok is None else {"same_as_oracle": tok.same, "vocab": tok.vocab_size,
@@ -71,6 +74,7 @@ def run(args) -> int:
                 "functions": {f: {k: [s.describe() for s in getattr(sig, k)] for k in ("inputs", "outputs", "states")}
                               for f, sig in audit.functions.items()},
                 "storage": audit.storage, "weight_storage_mix": audit.storage_fractions(),
+                "weight_bytes": weight_bytes(audit.storage, str(bundle.asset_path)),
                 "compute_types": list(audit.compute_types), "operations": dict(audit.operations)}
         if vcheck is not None:
             doc["variant_check"] = {"variant": vcheck.variant, "ok": vcheck.ok, "reason": vcheck.reason,
@@ -103,3 +107,17 @@ def run(args) -> int:
     if vcheck is not None and not vcheck:
         raise InputError(f"{bundle.path}: {vcheck.reason}")
     return 0
+
+
+def _bytes_on_disk(folder) -> int:
+    """Bytes of the regular files under the bundle folder (links not followed): its size on disk."""
+    import os
+    import stat
+
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            st = os.lstat(os.path.join(root, name))
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
