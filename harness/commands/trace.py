@@ -21,6 +21,5 @@ def run(args) -> int:
         print(f"{t.path}: {t.metadata['format']} runner={t.runner} variant={t.variant} "
               f"vocab={t.vocab_size} cases={len(t)}")
         for cid in t.case_ids:
-            ids = t.input_ids(cid)
-            print(f"  {cid}: {len(ids)} tokens, {t.rows(cid)} scored rows ({t.logits_dtype(cid)})")
+            print(f"  {cid}: {t.tokens(cid)} tokens, {t.rows(cid)} scored rows ({t.logits_dtype(cid)})")
     return 0

@@ -66,7 +66,7 @@ def test_tokenize_case(tmp_path):
     ('{"id": "a"}', "exactly one of 'prompt' or 'prompt_ids'"),
     ('{"id": "a", "prompt": "x", "prompt_ids": [1]}', "exactly one of"),
     ('{"id": "a", "prompt": "x", "colour": 1}', "unknown key 'colour'"),
-    ('{"id": "a/b", "prompt": "x"}', "'id' must be"),
+    ('{"id": "a/b", "prompt": "x"}', "'id' 'a/b' is refused: a case id must not hold '/'"),
     ('{"id": "a", "prompt_ids": [1, -2]}', "'prompt_ids' must be a non-empty list"),
     ('{"id": "a", "prompt_ids": [1, 2.5]}', "'prompt_ids' must be"),
     ('{"id": "a", "prompt": "x", "new_tokens": 0}', "'new_tokens' must be a positive integer"),
