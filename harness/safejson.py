@@ -32,17 +32,16 @@ def measure(raw: bytes | str) -> tuple[int, int, int]:
     depth = deepest = containers = separators = 0
     for i in range(0, len(bare), _CHUNK):
         a = np.frombuffer(bare, np.uint8, count=min(_CHUNK, len(bare) - i), offset=i)
-        opens = (a == 0x5B) | (a == 0x7B)
-        closes = (a == 0x5D) | (a == 0x7D)
-        n_open = int(np.count_nonzero(opens))
         separators += int(np.count_nonzero(a == 0x2C))
-        if n_open:
-            containers += n_open
-            running = depth + np.cumsum(opens.astype(np.int32) - closes.astype(np.int32), dtype=np.int64)
+        folded = a & 0xDF  # '[' 0x5B and '{' 0x7B fold to 0x5B; ']' 0x5D and '}' 0x7D to 0x5D
+        opens = folded == 0x5B
+        idx = np.flatnonzero(opens | (folded == 0x5D))
+        if idx.size:  # the running depth over the brackets alone, not over every byte
+            step = np.where(opens[idx], 1, -1).astype(np.int32)
+            containers += int(np.count_nonzero(step > 0))
+            running = depth + np.cumsum(step, dtype=np.int64)
             deepest = max(deepest, int(running.max()))
             depth = int(running[-1])
-        else:
-            depth -= int(np.count_nonzero(closes))
     return deepest, containers, separators
 
 
