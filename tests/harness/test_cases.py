@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from harness.cases import DEFAULT_NEW_TOKENS, bundled_cases_path, load_cases, select_shard, tokenize_case
+from harness.cases import (DEFAULT_NEW_TOKENS, bundled_cases_path, case_id_problem, load_cases, select_shard,
+                           tokenize_case)
 from harness.errors import InputError
 
 
@@ -103,3 +104,28 @@ def test_select_shard():
     for bad in ("3/3", "x", "1/0", "-1/2"):
         with pytest.raises(InputError, match="--shard"):
             select_shard(items, bad)
+
+
+def test_a_raw_line_separator_inside_a_string_is_text_not_a_line_break(tmp_path):
+    # U+2028/U+2029/U+0085 are valid raw inside JSON strings; str.splitlines would break the line there
+    p = write(tmp_path, ['{"id": "a", "prompt": "one\u2028two\u2029three\x85four"}',
+                         '{"id": "b", "prompt": "next"}', '{"id": "b", "prompt": "again"}'])
+    with pytest.raises(InputError, match=r":3: duplicate case id 'b' \(first on line 2\)"):
+        load_cases(p)  # line numbers count '\n' only, as an editor does
+    p = write(tmp_path, ['{"id": "a", "prompt": "one\u2028two\u2029three\x85four"}'])
+    assert load_cases(p).specs[0].prompt == "one\u2028two\u2029three\x85four"
+
+
+@pytest.mark.parametrize("cid", ["..", ".", "a\\b", "nul\x00", "\x1b]0;title\x07", "rtl\u202e", "sep\u2028",
+                                 "x" * 201, "\ud800"])
+def test_the_loader_applies_the_one_case_id_rule(tmp_path, cid):
+    p = tmp_path / "cases.jsonl"
+    p.write_text(json.dumps({"id": cid, "prompt": "x"}) + "\n", encoding="utf-8")  # JSON escapes keep it one line
+    with pytest.raises(InputError) as e:
+        load_cases(p)
+    assert f"{p}:1:" in str(e.value) and case_id_problem(cid) in str(e.value)
+
+
+def test_case_ids_that_are_safe_are_kept():
+    for cid in ("greeting", "a b", "café", "a..b", "x" * 200, "日本語", "line-4"):
+        assert case_id_problem(cid) is None, cid
