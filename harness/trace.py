@@ -471,6 +471,10 @@ def write_trace(path: str | os.PathLike, metadata: Mapping[str, str], cases: Ite
     for key in ("runner", "variant", "vocab_size"):
         if key not in meta:
             raise ValueError(f"write_trace: metadata lacks {key!r}")
+    try:
+        vocab = int(meta["vocab_size"])
+    except ValueError:
+        raise ValueError(f"write_trace: vocab_size {meta['vocab_size']!r} is not an integer") from None
     header: dict[str, object] = {"__metadata__": meta}
     tensors: list[np.ndarray] = []
     offset = 0
@@ -485,6 +489,10 @@ def write_trace(path: str | os.PathLike, metadata: Mapping[str, str], cases: Ite
         ids = np.asarray(c.input_ids)
         if not np.issubdtype(ids.dtype, np.integer):
             raise TraceError(dest, f"input_ids must be integers, got {ids.dtype}", case=c.case_id)
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+            bad = ids[(ids < 0) | (ids >= vocab)][0]
+            raise TraceError(dest, f"input_ids hold token id {int(bad)}, outside the vocabulary [0, {vocab})",
+                             case=c.case_id)
         ids = ids.astype(np.int64, copy=False)
         lg = _as_logits(c.logits, dest, c.case_id)
         for kind, arr in (("input_ids", ids), ("logits", lg)):
