@@ -9,10 +9,12 @@ import struct
 import numpy as np
 import pytest
 import safetensors.numpy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import torch
 from safetensors.torch import load_file
 
-from harness.errors import TraceError
+from harness.errors import InputError, TraceError
 from harness.cases import case_id_problem
 from harness.trace import FORMAT, MAX_TOKENS, MAX_VOCAB, CaseTrace, base_metadata, open_trace, write_trace
 
@@ -333,3 +335,101 @@ def test_reading_grows_linearly_with_the_number_of_cases(tmp_path):
 
     ratio = best(large) / best(small)
     assert ratio < 30, f"10x the cases took {ratio:.0f}x the time (linear: ~10, quadratic: ~100)"
+
+
+# ---- fuzz: a mutated real trace reads correctly or raises TraceError/InputError, within bounded memory ----
+
+_ODD_VALUES = ["0", "-1", "2147483648", str(2**70), "1e3", "\u0663", " 8", "8\n", "", "\ud800", "a\ud800b",
+               json.dumps(["x", "x"]), json.dumps(["x/y"]), json.dumps([".."]), json.dumps(["\x1b[2J"]),
+               "[" * 100 + "]" * 100, json.dumps([1]), "[]", "{}", "null", json.dumps(["x", "b"]),
+               "9" * 5000, "flipgate.trace/1"]
+_JSONISH = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(),
+                                  st.text(max_size=6), st.sampled_from(_ODD_VALUES)),
+                        lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+                        max_leaves=8)
+
+
+@pytest.fixture(scope="module")
+def real_trace(tmp_path_factory):
+    cases = [make_case("x", seed=1), make_case("b", n=7, rows=6, seed=2, dtype=BF16)]
+    path = tmp_path_factory.mktemp("fuzz") / "real.safetensors"
+    write_trace(path, base_metadata(runner="hf", variant="bf16", vocab_size=32), cases)
+    return path
+
+
+@st.composite
+def _mutated(draw, data: bytes) -> bytes:
+    (hlen,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + hlen])
+    body = data[8 + hlen:]
+    for _ in range(draw(st.integers(0, 3))):
+        names = sorted(header)
+        name = draw(st.sampled_from(names))
+        entry = header[name]
+        op = draw(st.sampled_from(["shape", "dtype", "offsets", "meta", "drop", "rename", "value"]))
+        if not isinstance(entry, dict):
+            header[name] = draw(_JSONISH)
+        elif name == "__metadata__":
+            key = draw(st.sampled_from(sorted(entry) + ["extra"]))
+            if op == "drop":
+                entry.pop(key, None)
+            elif op == "value":
+                entry[key] = draw(_JSONISH)  # not a string: must be refused
+            else:
+                entry[key] = draw(st.one_of(st.sampled_from(_ODD_VALUES), st.text(max_size=8)))
+        elif op == "shape":
+            entry["shape"] = draw(st.lists(st.one_of(st.integers(-2, 40), st.integers(-2**70, 2**70), st.booleans(),
+                                                     st.floats(), st.just("8")), max_size=4))
+        elif op == "dtype":
+            entry["dtype"] = draw(st.sampled_from(["F32", "F16", "BF16", "F64", "I64", "I32", "U64", "U8", "BOOL",
+                                                   "F8_E4M3", "", "i64", 5, None]))
+        elif op == "offsets":
+            entry["data_offsets"] = draw(st.lists(st.one_of(st.integers(-2, 4096), st.integers(0, 2**70)),
+                                                  max_size=3))
+        elif op == "drop":
+            del header[name]
+        elif op == "rename":
+            header[draw(st.sampled_from(["x/logits", "b/input_ids", "c/logits", "x", "/logits", "a/b/logits"]))] = \
+                header.pop(name)
+        else:
+            header[name] = draw(_JSONISH)
+    raw = json.dumps(header).encode("utf-8") if header else data[8:8 + hlen]
+    raw += b" " * (-len(raw) % 8)
+    stale_length = draw(st.integers(0, 5)) == 0  # the old length prefix over the edited header
+    out = bytearray((data[:8] if stale_length else struct.pack("<Q", len(raw))) + raw + body)
+    for _ in range(draw(st.integers(0, 3))):  # flipped bytes, mostly in the data (ids, logits), else anywhere
+        at = draw(st.one_of(st.integers(8 + len(raw), len(out) - 1), st.integers(0, len(out) - 1)))
+        out[at] = draw(st.integers(0, 255))
+    if draw(st.integers(0, 4)) == 0:
+        out = out[:draw(st.one_of(st.integers(8 + len(raw), len(out)), st.integers(0, len(out))))]
+    if draw(st.integers(0, 5)) == 0:
+        out += draw(st.binary(max_size=64))
+    return bytes(out)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_fuzz_a_mutated_trace_reads_or_is_refused(tmp_path, real_trace, data):
+    import tracemalloc
+
+    blob = data.draw(_mutated(real_trace.read_bytes()))
+    path = tmp_path / "mutant.safetensors"
+    path.write_bytes(blob)
+    tracemalloc.start()
+    try:
+        t = open_trace(path)
+        for cid in t.case_ids:  # what was accepted must also be readable, and be what the header says
+            ids = t.input_ids(cid)
+            rows = t.logits_rows(cid, 0, t.rows(cid))
+            assert ids.dtype == np.int64 and ids.shape == (t.tokens(cid),)
+            assert ids.min() >= 0 and ids.max() < t.vocab_size
+            assert rows.shape == (t.rows(cid), t.vocab_size) and t.rows(cid) < len(ids)
+            assert t.case(cid).logits.tobytes() == rows.tobytes()
+    except (TraceError, InputError) as e:
+        assert str(path) in str(e) and "\n" not in str(e)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 4_000_000 + 100 * len(blob), f"{peak} bytes allocated to read a {len(blob)}-byte file"
