@@ -20,11 +20,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import safejson
 from .errors import InputError
 from .fileio import sha256_file
 
 DEFAULT_NEW_TOKENS = 16
 _KEYS = {"id", "prompt", "prompt_ids", "continuation", "continuation_ids", "new_tokens"}
+_INT64_MAX = (1 << 63) - 1
+_MAX_LINE_DEPTH = 4  # a case is an object holding lists of ids: 2 deep
 MAX_CASE_ID_BYTES = 200  # a file name is at most 255 bytes; leave room for a suffix
 # control, format (bidi overrides, zero-width), surrogate, private-use and unassigned code points,
 # line and paragraph separators: none belongs in a name that is printed, logged and made a file name
@@ -115,8 +118,8 @@ def case_id_problem(cid: object) -> str | None:
 
 def _int_list(path: Path, lineno: int, key: str, value: Any) -> tuple[int, ...]:
     if (not isinstance(value, list) or not value
-            or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)):
-        raise InputError(f"{path}:{lineno}: {key!r} must be a non-empty list of non-negative integers")
+            or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= _INT64_MAX for t in value)):
+        raise InputError(f"{path}:{lineno}: {key!r} must be a non-empty list of non-negative int64 integers")
     return tuple(value)
 
 
@@ -172,9 +175,11 @@ def load_cases(path: str | os.PathLike | None = None) -> CaseSet:
         if not s or s.startswith("#"):
             continue
         try:
-            obj = json.loads(s)
+            obj = safejson.loads(s, max_depth=_MAX_LINE_DEPTH)
         except json.JSONDecodeError as e:
             raise InputError(f"{p}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+        except ValueError as e:  # nested too deep, or an integer of thousands of digits
+            raise InputError(f"{p}:{lineno}: refused JSON ({str(e).splitlines()[0]})") from None
         spec = parse_case(obj, p, lineno)
         if spec.id in seen:
             raise InputError(f"{p}:{lineno}: duplicate case id {spec.id!r} (first on line {seen[spec.id]})")

@@ -51,6 +51,9 @@ def loads(raw: bytes | str, *, max_depth: int = MAX_DEPTH, max_containers: int |
 
     Integers of more than sys.get_int_max_str_digits() digits also raise ValueError (from json itself).
     """
+    opens = raw.count(b"[" if isinstance(raw, bytes) else "[") + raw.count(b"{" if isinstance(raw, bytes) else "{")
+    if opens <= max_depth and max_separators is None:  # a short text: nothing to measure
+        return json.loads(raw)
     deepest, containers, separators = measure(raw)
     if deepest > max_depth:
         raise JSONLimitError(f"nested {deepest} deep (at most {max_depth})")

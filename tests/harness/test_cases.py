@@ -69,6 +69,7 @@ def test_tokenize_case(tmp_path):
     ('{"id": "a", "prompt": "x", "colour": 1}', "unknown key 'colour'"),
     ('{"id": "a/b", "prompt": "x"}', "'id' 'a/b' is refused: a case id must not hold '/'"),
     ('{"id": "a", "prompt_ids": [1, -2]}', "'prompt_ids' must be a non-empty list"),
+    ('{"id": "a", "prompt_ids": [1, ' + str(2**70) + ']}', "non-negative int64 integers"),
     ('{"id": "a", "prompt_ids": [1, 2.5]}', "'prompt_ids' must be"),
     ('{"id": "a", "prompt": "x", "new_tokens": 0}', "'new_tokens' must be a positive integer"),
     ('{"id": "a", "prompt": "x", "continuation": "y", "continuation_ids": [1]}', "both"),
@@ -129,3 +130,14 @@ def test_the_loader_applies_the_one_case_id_rule(tmp_path, cid):
 def test_case_ids_that_are_safe_are_kept():
     for cid in ("greeting", "a b", "café", "a..b", "x" * 200, "日本語", "line-4"):
         assert case_id_problem(cid) is None, cid
+
+
+@pytest.mark.parametrize("line,needle", [
+    ("[" * 200_000 + "]" * 200_000, "nested 200000 deep"),
+    ('{"id": "a", "prompt_ids": [' + "9" * 5000 + "]}", "refused JSON"),
+], ids=["200000-deep", "5000-digit-id"])
+def test_a_hostile_line_is_one_clear_error(tmp_path, line, needle):
+    p = write(tmp_path, ['{"id": "ok", "prompt": "fine"}', line])
+    with pytest.raises(InputError, match=needle) as e:
+        load_cases(p)
+    assert f"{p}:2:" in str(e.value)
