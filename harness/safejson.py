@@ -51,9 +51,10 @@ def loads(raw: bytes | str, *, max_depth: int = MAX_DEPTH, max_containers: int |
 
     Integers of more than sys.get_int_max_str_digits() digits also raise ValueError (from json itself).
     """
-    opens = raw.count(b"[" if isinstance(raw, bytes) else "[") + raw.count(b"{" if isinstance(raw, bytes) else "{")
-    if opens <= max_depth and max_separators is None:  # a short text: nothing to measure
-        return json.loads(raw)
+    brackets = (b"[", b"{") if isinstance(raw, bytes) else ("[", "{")
+    opens = raw.count(brackets[0]) + raw.count(brackets[1])
+    if opens <= min(max_depth, max_containers if max_containers is not None else opens) and max_separators is None:
+        return json.loads(raw)  # so few brackets that no limit can be passed: nothing to measure
     deepest, containers, separators = measure(raw)
     if deepest > max_depth:
         raise JSONLimitError(f"nested {deepest} deep (at most {max_depth})")
