@@ -408,7 +408,8 @@ def test_ids_past_the_tokenizer_are_refused_in_the_sequence_and_marked_in_predic
     beyond = ids.copy()
     beyond[1] = 3000
     op2, cp2 = write("o2.safetensors", logits, beyond, "hf"), write("c2.safetensors", cand, beyond, "emulated")
-    rc = main(["gate", "fp16", "--no-control", "--oracle", str(op2), "--candidate", str(cp2), "--tokenizer", str(model)])
+    rc = main(["gate", "fp16", "--no-control", "--oracle", str(op2), "--candidate", str(cp2),
+               "--tokenizer", str(model)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0
     assert str(op2) in err and "token id 3000, beyond the 2048 tokens of the tokenizer" in err
