@@ -3,6 +3,7 @@ classes against a plain re-implementation of DESIGN.md's rule, dtypes, determini
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -401,7 +402,6 @@ def test_ids_past_the_tokenizer_are_refused_in_the_sequence_and_marked_in_predic
     out = tmp_path / "v.json"
     assert main(["gate", "fp16", "--no-control", "--oracle", str(op), "--candidate", str(cp),
                  "--tokenizer", str(model), "--json", str(out)]) in (0, 1)
-    import json
     p = json.loads(out.read_text())["positions"][1]
     assert p["candidate_top1"] == 3500 and p["candidate_top1_text"] == "<id 3500: not in the tokenizer>"
     capsys.readouterr()
