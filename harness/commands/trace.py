@@ -23,6 +23,5 @@ def run(args) -> int:
               f"evidence={label(evidence_of(t.metadata))!r} "
               f"vocab={t.vocab_size} cases={len(t)}")
         for cid in t.case_ids:
-            ids = t.input_ids(cid)
-            print(f"  {cid}: {len(ids)} tokens, {t.rows(cid)} scored rows ({t.logits_dtype(cid)})")
+            print(f"  {cid}: {t.tokens(cid)} tokens, {t.rows(cid)} scored rows ({t.logits_dtype(cid)})")
     return 0
