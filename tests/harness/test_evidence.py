@@ -40,7 +40,7 @@ def test_every_trace_written_records_its_evidence(tmp_path):
     meta = base_metadata(runner="emulated", variant="int8hu", vocab_size=4, evidence="device")
     assert meta["evidence"] == "emulation"
     path = write_trace(tmp_path / "t.safetensors", meta,
-                       [CaseTrace("c", np.arange(5, dtype=np.int64), np.zeros((2, 4), dtype=np.float32))])
+                       [CaseTrace("c", np.arange(5, dtype=np.int64) % 4, np.zeros((2, 4), dtype=np.float32))])
     assert open_trace(path).metadata["evidence"] == "emulation"
 
 
