@@ -176,7 +176,8 @@ def run(args) -> int:
     decode = ("one pass" if args.full else "S=1 layer-streamed" if args.stream else "S=1 stepwise") \
         if candidate.runner == "emulated" else candidate.runner
     say(f"{args.spec}: {candidate.runner} {candidate.variant} ({decode}"
-        + (f", {args.mode}, {candidate.device}" if candidate.runner == "emulated" else "") + f") -> {out}")
+        + (f", {args.mode}" + (f", {candidate.device}" if candidate.device != "cpu" else "")
+           if candidate.runner == "emulated" else "") + f") -> {out}")
     watched = _Watched(candidate, len(sequences), say)
     t0 = time.perf_counter()
     capture_to_trace(watched, sequences, out, vocab_size=int(vocab), model=model_provenance(model_dir),
