@@ -349,6 +349,9 @@ def write_trace(path: str | os.PathLike, metadata: Mapping[str, str], cases: Ite
     return dest
 
 
+_SPOOL_CHUNK = 1 << 20  # the spool is copied after the header in pieces this big
+
+
 class TraceWriter:
     """Write a trace one case at a time: memory holds the case being added, never the whole trace.
 
@@ -406,10 +409,9 @@ class TraceWriter:
             self._tensors[f"{cid}/{kind}"] = {"dtype": _NP_TO_ST[arr.dtype], "shape": list(arr.shape),
                                               "data_offsets": [self._offset, self._offset + nbytes]}
             self._offset += nbytes
-            flat = np.ascontiguousarray(arr).reshape(-1)
-            step = max(1, _COPY_CHUNK // max(1, flat.dtype.itemsize))
-            for i in range(0, flat.size, step):
-                self._f.write(flat[i:i + step].astype(flat.dtype.newbyteorder("<"), copy=False).tobytes())
+            # written from the array's own buffer: no copy unless it is strided or big-endian
+            flat = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).reshape(-1)
+            self._f.write(flat.view(np.uint8).data)
 
     def commit(self, metadata: Mapping[str, str]) -> Path:
         """Write the trace under its name (format and the case list set here) and return its path."""
@@ -425,13 +427,14 @@ class TraceWriter:
         raw += b" " * (-len(raw) % 8)  # safetensors aligns the buffer to 8 bytes
         self._f.close()
         self._f = None
+        import shutil
+
         try:
             with atomic_path(self.path) as tmp:
                 with open(tmp, "wb") as out, open(self._spool, "rb") as src:
                     out.write(struct.pack("<Q", len(raw)))
                     out.write(raw)
-                    while chunk := src.read(_COPY_CHUNK):
-                        out.write(chunk)
+                    shutil.copyfileobj(src, out, _SPOOL_CHUNK)
                 open_trace(tmp)  # never rename a file that its own reader rejects
         finally:
             self._discard()
