@@ -352,6 +352,22 @@ def write_trace(path: str | os.PathLike, metadata: Mapping[str, str], cases: Ite
 _SPOOL_CHUNK = 1 << 20  # the spool is copied after the header in pieces this big
 
 
+def _copy_file(src, dst) -> None:
+    """Append the rest of open file `src` to open file `dst`: in the kernel where it can
+    (copy_file_range, no user-space buffer), else in _SPOOL_CHUNK pieces."""
+    import shutil
+
+    dst.flush()
+    if hasattr(os, "copy_file_range"):
+        try:
+            while os.copy_file_range(src.fileno(), dst.fileno(), 1 << 30):
+                pass
+            return
+        except OSError:
+            pass  # e.g. across file systems on old kernels: fall back to reading
+    shutil.copyfileobj(src, dst, _SPOOL_CHUNK)
+
+
 class TraceWriter:
     """Write a trace one case at a time: memory holds the case being added, never the whole trace.
 
@@ -427,14 +443,12 @@ class TraceWriter:
         raw += b" " * (-len(raw) % 8)  # safetensors aligns the buffer to 8 bytes
         self._f.close()
         self._f = None
-        import shutil
-
         try:
             with atomic_path(self.path) as tmp:
                 with open(tmp, "wb") as out, open(self._spool, "rb") as src:
                     out.write(struct.pack("<Q", len(raw)))
                     out.write(raw)
-                    shutil.copyfileobj(src, out, _SPOOL_CHUNK)
+                    _copy_file(src, out)
                 open_trace(tmp)  # never rename a file that its own reader rejects
         finally:
             self._discard()

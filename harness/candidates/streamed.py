@@ -169,7 +169,7 @@ class StreamedCandidate(EmulatedCandidate):
         longest = max((int(s.input_ids.shape[0]) for s in seqs), default=0)
         widest = max((infos[n].shape[0] for m in ck.layer_tensors for n in m.values() if len(infos[n].shape) == 2),
                      default=h)
-        cache = 4 * longest * widest + 4 * widest * widest // 8  # KV of one case (k + v), or a recurrent state
+        cache = self._cache_bytes(longest, widest)
         st.steps = sum(int(s.input_ids.shape[0]) - 1 for s in seqs)
         st.positions = sum(s.rows for s in seqs)
         st.hidden_bytes = 2 * st.steps * h + 512 * st.steps  # fp16 rows + a tensor object each
@@ -201,6 +201,26 @@ class StreamedCandidate(EmulatedCandidate):
                 f"{fmt_bytes(st.hidden_bytes)}; head phase {fmt_bytes(st.head_phase_bytes)} (lm_head chunk of "
                 f"{st.head_chunk_rows} rows, logits block {fmt_bytes(block)})")
         return st
+
+    def _cache_bytes(self, tokens: int, widest: int) -> int:
+        """One layer's cache for one case of `tokens` tokens: the larger of an attention layer's KV
+        (fp16) and a GatedDeltaNet layer's recurrent (float32) + conv states, from the config; a
+        generous guess from the widest Linear when the config does not say."""
+        cfg = self.checkpoint.config
+        cfg = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
+        g = lambda k: getattr(cfg, k, None)  # noqa: E731
+        kv_heads = g("num_key_value_heads") or g("num_attention_heads")
+        head_dim = g("head_dim") or (g("hidden_size") // g("num_attention_heads") if g("num_attention_heads") else None)
+        if not (kv_heads and head_dim):
+            return 4 * tokens * widest + widest * widest // 2
+        kv = 2 * 2 * tokens * kv_heads * head_dim
+        v_heads, dk, dv, k_heads = (g("linear_num_value_heads"), g("linear_key_head_dim"),
+                                    g("linear_value_head_dim"), g("linear_num_key_heads"))
+        recurrent = 0
+        if v_heads and dk and dv and k_heads:
+            conv = (2 * k_heads * dk + v_heads * dv) * (g("linear_conv_kernel_dim") or 4) * 2
+            recurrent = 4 * v_heads * dk * dv + conv
+        return max(kv, recurrent)
 
     # -- the run ----------------------------------------------------------------------------------
 
