@@ -75,7 +75,7 @@ class StreamedStats:
     layers: int = 0
     largest_layer: str = ""
     largest_layer_bytes: int = 0    # fp16 weights of the largest decoder layer
-    layer_phase_bytes: int = 0      # planned: one layer + its reading + quantization transients + one cache
+    layer_phase_bytes: int = 0      # planned: one layer + its mapped file bytes + reading/quantizing + one cache
     hidden_bytes: int = 0           # every position's hidden state, fp16
     head_bytes: int = 0             # fp16 lm_head (never held whole)
     head_chunk_rows: int = 0
@@ -173,7 +173,9 @@ class StreamedCandidate(EmulatedCandidate):
         st.steps = sum(int(s.input_ids.shape[0]) - 1 for s in seqs)
         st.positions = sum(s.rows for s in seqs)
         st.hidden_bytes = 2 * st.steps * h + 512 * st.steps  # fp16 rows + a tensor object each
-        st.layer_phase_bytes = st.largest_layer_bytes + max(largest_read, quant) + cache + 8 * widest
+        # the layer's stored bytes stay mapped (resident) while its file is open for reading
+        stored = max((sum(infos[n].nbytes() for n in m.values()) for m in ck.layer_tensors), default=0)
+        st.layer_phase_bytes = st.largest_layer_bytes + stored + max(largest_read, quant) + cache + 8 * widest
         st.head_bytes = 2 * vocab * h
         normed = (2 * h + 512) * st.positions
         head_quant = plan.get(ck._module_name[id(ck.head)]) is not None
@@ -196,8 +198,8 @@ class StreamedCandidate(EmulatedCandidate):
             raise InputError(
                 f"--max-memory {fmt_bytes(self.max_memory)} is below the planned need of {fmt_bytes(st.need_bytes)} "
                 f"for {self.model_dir.name} ({self.variant}, streamed): largest layer {st.largest_layer} "
-                f"{fmt_bytes(st.largest_layer_bytes)} in fp16 (+ {fmt_bytes(max(largest_read, quant))} while read "
-                f"and quantized, + {fmt_bytes(cache)} of cache), hidden states of {st.steps} positions "
+                f"{fmt_bytes(st.largest_layer_bytes)} in fp16 (+ {fmt_bytes(stored)} mapped from the file and "
+                f"{fmt_bytes(max(largest_read, quant))} while read and quantized, + {fmt_bytes(cache)} of cache), hidden states of {st.steps} positions "
                 f"{fmt_bytes(st.hidden_bytes)}; head phase {fmt_bytes(st.head_phase_bytes)} (lm_head chunk of "
                 f"{st.head_chunk_rows} rows, logits block {fmt_bytes(block)})")
         return st

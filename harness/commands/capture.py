@@ -39,7 +39,9 @@ one decoder layer at a time is read from the memory-mapped safetensors, quantize
 every case token by token with that layer's own cache; then the final norm and the quantized head,
 in vocabulary chunks, on the scored rows only. The rows are bit-identical to the in-memory capture's;
 memory is about one layer + every position's hidden state (positions x hidden x 2 bytes) + one head
-chunk, and --max-memory refuses a run up front, naming what it needs.
+chunk, and --max-memory refuses a run up front, naming what it needs. Give it --oracle TRACE (or
+cases with continuations): a case without one gets its continuation from the bf16 oracle, which
+loads the whole model.
 
 --device runs an emulated variant on cuda, mps, or the first of them present (auto); the trace
 records the device. GPU rows are not bit-identical to CPU rows (other kernels): compare a GPU
