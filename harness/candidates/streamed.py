@@ -348,11 +348,17 @@ class StreamedCandidate(EmulatedCandidate):
             dec.layers = nn.ModuleList([_Recorder(i) for i in range(n)])
             dec.norm = nn.Identity()
             with torch.inference_mode():
-                for h in rows:
+                for t, h in enumerate(rows):
                     sink.clear()
                     dec(inputs_embeds=h, **kw)
                     if sorted(sink) != list(range(n)):
                         raise RuntimeError(f"{type(dec).__name__}.forward called {len(sink)} of {n} layers")
+                    # the preamble must have seen t past tokens, as in the in-memory decode
+                    pos = sink[0][1].get("position_ids")
+                    if isinstance(pos, torch.Tensor) and int(pos.reshape(-1)[-1]) != t:
+                        raise RuntimeError(f"step {t}: the decoder's preamble placed the token at position "
+                                           f"{int(pos.reshape(-1)[-1])}: the recording cache does not track "
+                                           f"the past length for this model")
                     templates: list[tuple[tuple, dict]] = []
                     keys: list[tuple] = []
                     kinds = []

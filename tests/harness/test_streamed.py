@@ -179,3 +179,14 @@ def test_capture_to_trace_leaves_nothing_when_the_run_fails(tmp_path):
     with pytest.raises(InputError, match="case 'bad': token id 99999"):
         capture_to_trace(StreamedCandidate(get_recipe("fp16"), FIXTURE), seqs, out, vocab_size=2048)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_preamble_that_loses_the_past_length_stops_the_run(monkeypatch):
+    # Stand-in for a transformers whose decoder reads the past length from somewhere the recording
+    # cache does not advance: positions would all read 0 and every row would be wrong, silently.
+    from transformers.cache_utils import DynamicLayer
+
+    monkeypatch.setattr(DynamicLayer, "get_seq_length", lambda self: 0)
+    cand = StreamedCandidate(get_recipe("fp16"), FIXTURE)
+    with pytest.raises(RuntimeError, match="step 1: the decoder's preamble placed the token at position 0"):
+        list(cand.run(sequences()[:1]))
