@@ -526,3 +526,119 @@ def write_trace(path: str | os.PathLike, metadata: Mapping[str, str], cases: Ite
                     f.write(flat[i:i + step].astype(flat.dtype.newbyteorder("<"), copy=False).tobytes())
         open_trace(tmp)  # never rename a file that its own reader rejects
     return dest
+
+
+_SPOOL_CHUNK = 1 << 20  # the spool is copied after the header in pieces this big
+
+
+def _copy_file(src, dst) -> None:
+    """Append the rest of open file `src` to open file `dst`: in the kernel where it can
+    (copy_file_range, no user-space buffer), else in _SPOOL_CHUNK pieces."""
+    import shutil
+
+    dst.flush()
+    if hasattr(os, "copy_file_range"):
+        try:
+            while os.copy_file_range(src.fileno(), dst.fileno(), 1 << 30):
+                pass
+            return
+        except OSError:
+            pass  # e.g. across file systems on old kernels: fall back to reading
+    shutil.copyfileobj(src, dst, _SPOOL_CHUNK)
+
+
+class TraceWriter:
+    """Write a trace one case at a time: memory holds the case being added, never the whole trace.
+
+        with TraceWriter(out) as w:
+            for case in cases:          # e.g. a runner's cases as it yields them
+                w.add(case)
+            w.commit(metadata)          # metadata may depend on the run (peak memory, dtypes seen)
+
+    The safetensors header comes first in the file but needs every case's shape, so each added case's
+    bytes go to a spool file beside `path`; `commit` writes the header, copies the spool after it in
+    chunks, re-opens the result with the reader and renames it into place. Leaving the block without
+    `commit` (an error) removes the spool and writes nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        import tempfile
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, spool = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".spool", dir=self.path.parent)
+        self._spool = Path(spool)
+        self._f = os.fdopen(fd, "wb")
+        self._tensors: dict[str, dict] = {}
+        self._case_ids: list[str] = []
+        self._seen: set[str] = set()
+        self._offset = 0
+        self.committed = False
+
+    def __enter__(self) -> "TraceWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._discard()
+
+    @property
+    def case_ids(self) -> list[str]:
+        return list(self._case_ids)
+
+    def add(self, case: CaseTrace) -> None:
+        """Append one case's input_ids and logits (checked as write_trace checks them)."""
+        if self._f is None:
+            raise ValueError("TraceWriter: add after commit or close")
+        cid = case.case_id
+        if cid in self._seen or not cid or "/" in cid:
+            raise TraceError(self.path, "case ids must be unique, non-empty and free of '/'", case=cid)
+        ids = np.asarray(case.input_ids)
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise TraceError(self.path, f"input_ids must be integers, got {ids.dtype}", case=cid)
+        ids = ids.astype(np.int64, copy=False)
+        lg = _as_logits(case.logits, self.path, cid)
+        self._seen.add(cid)
+        self._case_ids.append(cid)
+        for kind, arr in (("input_ids", ids), ("logits", lg)):
+            nbytes = arr.size * arr.dtype.itemsize
+            self._tensors[f"{cid}/{kind}"] = {"dtype": _NP_TO_ST[arr.dtype], "shape": list(arr.shape),
+                                              "data_offsets": [self._offset, self._offset + nbytes]}
+            self._offset += nbytes
+            # written from the array's own buffer: no copy unless it is strided or big-endian
+            flat = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).reshape(-1)
+            self._f.write(flat.view(np.uint8).data)
+
+    def commit(self, metadata: Mapping[str, str]) -> Path:
+        """Write the trace under its name (format and the case list set here) and return its path."""
+        if self._f is None:
+            raise ValueError("TraceWriter: commit after commit or close")
+        meta = {k: str(v) for k, v in metadata.items()}
+        for key in ("runner", "variant", "vocab_size"):
+            if key not in meta:
+                raise ValueError(f"TraceWriter: metadata lacks {key!r}")
+        meta["format"] = FORMAT
+        meta["cases"] = json.dumps(self._case_ids)
+        raw = json.dumps({"__metadata__": meta, **self._tensors}, separators=(",", ":")).encode("utf-8")
+        raw += b" " * (-len(raw) % 8)  # safetensors aligns the buffer to 8 bytes
+        self._f.close()
+        self._f = None
+        try:
+            with atomic_path(self.path) as tmp:
+                with open(tmp, "wb") as out, open(self._spool, "rb") as src:
+                    out.write(struct.pack("<Q", len(raw)))
+                    out.write(raw)
+                    _copy_file(src, out)
+                open_trace(tmp)  # never rename a file that its own reader rejects
+        finally:
+            self._discard()
+        self.committed = True
+        return self.path
+
+    def _discard(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+        try:
+            self._spool.unlink()
+        except FileNotFoundError:
+            pass

@@ -299,42 +299,24 @@ class StreamStats:
         return d
 
 
-class StreamedOracle:
-    """The float32 oracle, run layer by layer from the memory-mapped checkpoint.
+class StreamedCheckpoint:
+    """A checkpoint as a weightless transformers skeleton plus an index of its safetensors tensors.
 
-    Shares the runner interface (`runner`, `variant`, `metadata()`, `run(sequences)`); `run`
-    consumes every sequence before yielding, since each layer serves all cases in turn.
-    `batch_size` and `head_rows` choose which in-memory forward it reproduces bit for bit (see the
-    module docstring); `max_memory` (bytes or '8GB') is checked before any weight is read.
+    The skeleton (built on the meta device by transformers itself, buffers real) gives the model's
+    own modules and forward; `layer_tensors[i]` maps decoder layer i's parameter names to checkpoint
+    tensor names, so a runner can read one layer at a time and assign it into the skeleton. Shared by
+    the streamed float32 oracle and the streamed fp16 candidate (harness/candidates/streamed.py).
     """
 
-    runner = RUNNER
+    skeleton_dtype = "float32"
 
-    def __init__(self, model_dir: str | Path, dtype: str = "float32", max_memory: int | str | None = None,
-                 head_chunk_rows: int | None = None, batch_size: int = 1, head_rows: str = "keep",
-                 logits_block_bytes: int | None = None, log: Callable[[str], None] | None = None):
-        if dtype not in ("float32", "fp32"):
-            raise InputError(f"--dtype {dtype!r} with --stream: the streamed oracle runs float32 only "
-                             f"(a bfloat16 oracle fits in memory the ordinary way)")
+    def __init__(self, model_dir: str | Path, skeleton_dtype: str | None = None):
         self.model_dir = Path(model_dir)
-        self.dtype = "float32"
-        self.variant = "fp32"
-        self.max_memory = parse_bytes(max_memory)
-        if head_chunk_rows is not None and head_chunk_rows < 1:
-            raise InputError(f"head chunk of {head_chunk_rows} rows: must be at least 1")
-        self._head_chunk_rows = head_chunk_rows
-        self._logits_block_bytes = logits_block_bytes
-        if batch_size < 1:
-            raise InputError(f"--batch-size {batch_size}: expected a positive integer")
-        if head_rows not in ("keep", "all"):
-            raise InputError(f"head_rows {head_rows!r}: expected 'keep' or 'all'")
-        self.batch_size = batch_size
-        self.head_rows = head_rows
-        self.log = log or (lambda msg: None)
+        if skeleton_dtype is not None:
+            self.skeleton_dtype = skeleton_dtype
         self.index = CheckpointIndex(self.model_dir)
         self._build_skeleton()
         self._map_names()
-        self.stats = StreamStats(layers=len(self.layers))
 
     # -- structure ------------------------------------------------------------------------------
 
@@ -352,7 +334,7 @@ class StreamedOracle:
         try:
             config = AutoConfig.from_pretrained(str(self.model_dir))
             with init_empty_weights(include_buffers=False):
-                model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+                model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, self.skeleton_dtype))
         except (ValueError, KeyError, OSError) as e:
             first = str(e).splitlines()[0] if str(e) else e.__class__.__name__
             raise InputError(f"{self.model_dir}: cannot build the model skeleton ({first})") from None
@@ -364,7 +346,7 @@ class StreamedOracle:
         for attr in ("layers", "embed_tokens", "norm"):
             if not hasattr(self.decoder, attr):
                 raise InputError(f"{self.model_dir}: {type(self.decoder).__name__} has no '{attr}'; "
-                                 f"the streamed oracle runs decoders with embed_tokens, layers and norm")
+                                 f"layer streaming runs decoders with embed_tokens, layers and norm")
         self.layers = self.decoder.layers
         self.vocab_size = int(self.head.weight.shape[0])
         self.hidden_size = int(self.head.weight.shape[1])
@@ -422,8 +404,45 @@ class StreamedOracle:
         src, dst = getattr(self, "_swap", ("", ""))
         return dst + name[len(src):] if name.startswith(src) else name
 
-    def layer_bytes(self, i: int) -> int:
-        return sum(self.index.tensors[n].nbytes(4) for n in self.layer_tensors[i].values())
+    def layer_bytes(self, i: int, itemsize: int = 4) -> int:
+        return sum(self.index.tensors[n].nbytes(itemsize) for n in self.layer_tensors[i].values())
+
+
+
+class StreamedOracle(StreamedCheckpoint):
+    """The float32 oracle, run layer by layer from the memory-mapped checkpoint.
+
+    Shares the runner interface (`runner`, `variant`, `metadata()`, `run(sequences)`); `run`
+    consumes every sequence before yielding, since each layer serves all cases in turn.
+    `batch_size` and `head_rows` choose which in-memory forward it reproduces bit for bit (see the
+    module docstring); `max_memory` (bytes or '8GB') is checked before any weight is read.
+    """
+
+    runner = RUNNER
+
+    def __init__(self, model_dir: str | Path, dtype: str = "float32", max_memory: int | str | None = None,
+                 head_chunk_rows: int | None = None, batch_size: int = 1, head_rows: str = "keep",
+                 logits_block_bytes: int | None = None, log: Callable[[str], None] | None = None):
+        if dtype not in ("float32", "fp32"):
+            raise InputError(f"--dtype {dtype!r} with --stream: the streamed oracle runs float32 only "
+                             f"(a bfloat16 oracle fits in memory the ordinary way)")
+        self.model_dir = Path(model_dir)
+        self.dtype = "float32"
+        self.variant = "fp32"
+        self.max_memory = parse_bytes(max_memory)
+        if head_chunk_rows is not None and head_chunk_rows < 1:
+            raise InputError(f"head chunk of {head_chunk_rows} rows: must be at least 1")
+        self._head_chunk_rows = head_chunk_rows
+        self._logits_block_bytes = logits_block_bytes
+        if batch_size < 1:
+            raise InputError(f"--batch-size {batch_size}: expected a positive integer")
+        if head_rows not in ("keep", "all"):
+            raise InputError(f"head_rows {head_rows!r}: expected 'keep' or 'all'")
+        self.batch_size = batch_size
+        self.head_rows = head_rows
+        self.log = log or (lambda msg: None)
+        StreamedCheckpoint.__init__(self, self.model_dir)
+        self.stats = StreamStats(layers=len(self.layers))
 
     def metadata(self) -> dict[str, str]:
         import torch

@@ -5,6 +5,7 @@ sequences (normally taken from the oracle trace), yield one CaseTrace per case. 
 looked up lazily by the prefix of a candidate spec, so nothing heavy is imported until one runs:
 
     int8hu                  emulated variant (recipe name), harness.candidates.emulated
+                            (stream=True: layer by layer from disk, harness.candidates.streamed)
     coreai:BUNDLE_DIR       llm-runner on macOS, harness.candidates.coreai
     coreai-python:BUNDLE    coreai.runtime in-process on macOS
     trace:FILE              an existing trace (imported dumps, other runtimes)

@@ -9,7 +9,7 @@ from typing import Iterable, Iterator, Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import InputError
-from ..trace import CaseTrace, Trace, base_metadata, open_trace, write_trace
+from ..trace import CaseTrace, Trace, TraceWriter, base_metadata, open_trace
 
 
 @dataclass(frozen=True)
@@ -43,13 +43,20 @@ def sequences_from_trace(trace: Trace) -> list[Sequence]:
 
 def capture_to_trace(candidate: Candidate, sequences: Iterable[Sequence], out: str | Path, *,
                      vocab_size: int, model: str = "", tokenizer_sha256: str = "") -> Path:
-    """Run a candidate and write its trace atomically (nothing is written if it fails)."""
-    extra = dict(candidate.metadata())
-    # a runner's own provenance of model and tokenizer wins over the caller's
-    meta = base_metadata(runner=candidate.runner, variant=candidate.variant, vocab_size=vocab_size,
-                         model=extra.pop("model", None) or model,
-                         tokenizer_sha256=extra.pop("tokenizer_sha256", None) or tokenizer_sha256, **extra)
-    return write_trace(out, meta, list(candidate.run(sequences)))
+    """Run a candidate and write its trace atomically (nothing is written if it fails).
+
+    Each case is written as the candidate yields it (TraceWriter), so memory does not grow with the
+    case set; the metadata is taken after the run, so it can record what the run measured.
+    """
+    with TraceWriter(out) as writer:
+        for case in candidate.run(sequences):
+            writer.add(case)
+        extra = dict(candidate.metadata())
+        # a runner's own provenance of model and tokenizer wins over the caller's
+        meta = base_metadata(runner=candidate.runner, variant=candidate.variant, vocab_size=vocab_size,
+                             model=extra.pop("model", None) or model,
+                             tokenizer_sha256=extra.pop("tokenizer_sha256", None) or tokenizer_sha256, **extra)
+        return writer.commit(meta)
 
 
 @dataclass

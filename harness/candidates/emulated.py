@@ -38,8 +38,41 @@ from ..trace import CaseTrace
 from .base import Sequence
 
 MODES = ("fast", "coreai-opt")
+DEVICES = ("cpu", "cuda", "mps", "auto")
 RUNNER = "emulated"
 COMPUTE_DTYPE = "float16"
+
+
+def resolve_device(device: str | None) -> str:
+    """`--device` -> the torch device type the emulation runs on: auto picks CUDA, then MPS, then the CPU.
+
+    Rows computed on a GPU are not bit-identical to CPU rows (other kernels, other summation order);
+    the trace records the device so the two are never mistaken for each other.
+    """
+    import torch
+
+    device = device or "cpu"
+    if device not in DEVICES:
+        raise InputError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps is not None and mps.is_available())
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device cuda: torch {torch.__version__} sees no CUDA device (use --device cpu or auto)")
+    if device == "mps" and not mps_ok:
+        raise InputError("--device mps: the MPS backend is not available here (use --device cpu or auto)")
+    return device
+
+
+def device_metadata(device: str) -> dict[str, str]:
+    """The trace's record of where the rows were computed."""
+    import torch
+
+    meta = {"device": device}
+    if device == "cuda":
+        meta["device_name"] = torch.cuda.get_device_name()
+    return meta
 
 
 def coreai_opt_version() -> str:
@@ -184,6 +217,7 @@ class EmulatedCandidate:
     mode: str = "fast"
     full: bool = False
     threads: int | None = None  # torch threads; None: one for a small model (harness.models.torch_threads)
+    device: str = "cpu"  # cpu, cuda, mps or auto (resolved in __post_init__)
     runner: str = RUNNER
     variant: str = ""
     quantize_seconds: float | None = None
@@ -192,6 +226,7 @@ class EmulatedCandidate:
 
     def __post_init__(self):
         _check_mode(self.mode)
+        self.device = resolve_device(self.device)
         self.model_dir = resolve_model_dir(self.model_dir)
         self.variant = self.recipe.name
         cfg = read_config(self.model_dir)
@@ -211,7 +246,8 @@ class EmulatedCandidate:
             import time
 
             t0 = time.perf_counter()
-            self._model = quantized_model(self.model_dir, self.recipe, mode=self.mode)
+            model = quantized_model(self.model_dir, self.recipe, mode=self.mode)
+            self._model = model if self.device == "cpu" else model.to(self.device)
             self.quantize_seconds = time.perf_counter() - t0
         return self._model
 
@@ -229,6 +265,7 @@ class EmulatedCandidate:
             "mode": self.mode,
             "decode": "full" if self.full else "stepwise",
             "dtype": COMPUTE_DTYPE,
+            **device_metadata(self.device),
             "torch_version": torch.__version__,
             "transformers_version": transformers.__version__,
         }
@@ -237,15 +274,20 @@ class EmulatedCandidate:
         with torch_threads(self.threads, hidden_size_of(self.model)):
             yield from self._run(sequences)
 
+    def check_sequence(self, s: Sequence) -> np.ndarray:
+        """The sequence's token ids, refused (InputError naming the case) if its rows or ids do not fit."""
+        ids = np.asarray(s.input_ids, dtype=np.int64)
+        if ids.ndim != 1 or not 1 <= s.rows <= len(ids) - 1:
+            raise InputError(f"case {s.case_id!r}: {s.rows} rows do not fit a sequence of {len(ids)} tokens")
+        bad = ids[(ids < 0) | (ids >= self.vocab_size)]
+        if bad.size:
+            raise InputError(f"case {s.case_id!r}: token id {int(bad[0])} is outside the model's "
+                             f"vocabulary of {self.vocab_size}")
+        return ids
+
     def _run(self, sequences: Iterable[Sequence]) -> Iterator[CaseTrace]:
         for s in sequences:
-            ids = np.asarray(s.input_ids, dtype=np.int64)
-            if ids.ndim != 1 or not 1 <= s.rows <= len(ids) - 1:
-                raise InputError(f"case {s.case_id!r}: {s.rows} rows do not fit a sequence of {len(ids)} tokens")
-            bad = ids[(ids < 0) | (ids >= self.vocab_size)]
-            if bad.size:
-                raise InputError(f"case {s.case_id!r}: token id {int(bad[0])} is outside the model's "
-                                 f"vocabulary of {self.vocab_size}")
+            ids = self.check_sequence(s)
             logits = self.rows_full(ids, s.rows) if self.full else self.rows_stepwise(ids, s.rows)
             yield CaseTrace(s.case_id, ids, logits)
 
@@ -266,7 +308,7 @@ def rows_stepwise(model, ids: np.ndarray, n_rows: int) -> np.ndarray:
     cache = DynamicCache(config=model.config)
     kw = {_cache_keyword(model): cache, "use_cache": True}
     decoder_kw = {_cache_keyword(decoder): cache, "use_cache": True}
-    x = torch.tensor(ids)[None]
+    x = torch.tensor(ids, device=model.get_input_embeddings().weight.device)[None]
     first_row = len(ids) - 1 - n_rows  # the step whose output is row 0 (= P - 1)
     rows = []
     with torch.inference_mode():
@@ -276,7 +318,7 @@ def rows_stepwise(model, ids: np.ndarray, n_rows: int) -> np.ndarray:
                 decoder(input_ids=tok, **decoder_kw)  # prompt steps: the head's logits are not scored
             else:
                 rows.append(model(input_ids=tok, **kw).logits[0, -1])
-    return torch.stack(rows).to(torch.float16).numpy()
+    return torch.stack(rows).to(torch.float16).cpu().numpy()
 
 
 def rows_full(model, ids: np.ndarray, n_rows: int) -> np.ndarray:
@@ -284,20 +326,37 @@ def rows_full(model, ids: np.ndarray, n_rows: int) -> np.ndarray:
     import torch
 
     with torch.inference_mode():
-        logits = model(input_ids=torch.tensor(ids)[None]).logits[0]
-    return logits[len(ids) - 1 - n_rows:len(ids) - 1].to(torch.float16).numpy()
+        logits = model(input_ids=torch.tensor(ids, device=model.get_input_embeddings().weight.device)[None]).logits[0]
+    return logits[len(ids) - 1 - n_rows:len(ids) - 1].to(torch.float16).cpu().numpy()
 
 
 def emulated_candidate(variant: str, *, model: str | os.PathLike | None = None,
                        recipes: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
                        mode: str = "fast", full: bool = False, vocab_size: int | None = None,
-                       threads: int | None = None, **_other) -> EmulatedCandidate:
+                       threads: int | None = None, device: str = "cpu", stream: bool = False,
+                       max_memory: str | int | None = None, log=None, **_other) -> EmulatedCandidate:
     """The default runner of `harness.candidates.resolve`: `variant` names a recipe (bundled, or in
     the recipe file `recipes` / `config`); `model` is the checkpoint folder (default: the fixture);
-    `vocab_size`, when given, is the oracle's, which the model's head must match."""
+    `vocab_size`, when given, is the oracle's, which the model's head must match. `stream=True`
+    runs it layer by layer from the memory-mapped checkpoint (harness.candidates.streamed), within
+    `max_memory` (bytes or '8GiB')."""
     _check_mode(mode)
     recipe = get_recipe(variant, recipes or config)
-    candidate = EmulatedCandidate(recipe, resolve_model_dir(model), mode=mode, full=bool(full), threads=threads)
+    if stream:
+        from .streamed import StreamedCandidate
+
+        if mode != "fast":
+            raise InputError(f"--stream with --mode {mode}: a streamed capture quantizes each layer as it is "
+                             f"read (the fast path, bit-identical to coreai-opt); use --mode fast")
+        if full:
+            raise InputError("--stream with --full: a streamed capture decodes S=1 only")
+        candidate = StreamedCandidate(recipe, resolve_model_dir(model), threads=threads, device=device,
+                                      max_memory=max_memory, log=log)
+    else:
+        if max_memory is not None:
+            raise InputError("--max-memory applies to --stream (the in-memory capture holds the whole model)")
+        candidate = EmulatedCandidate(recipe, resolve_model_dir(model), mode=mode, full=bool(full), threads=threads,
+                                      device=device)
     if vocab_size is not None and int(vocab_size) != candidate.vocab_size:
         raise InputError(f"{candidate.model_dir}: vocab_size {candidate.vocab_size} differs from the oracle's "
                          f"{int(vocab_size)}: not the oracle's model")
@@ -305,4 +364,4 @@ def emulated_candidate(variant: str, *, model: str | os.PathLike | None = None,
 
 
 __all__ = ["EmulatedCandidate", "emulated_candidate", "quantized_model", "apply_plan", "prepare_coreai_opt",
-           "coreai_opt_config", "load_fp16", "rows_stepwise", "rows_full", "MODES"]
+           "coreai_opt_config", "load_fp16", "rows_stepwise", "rows_full", "resolve_device", "MODES", "DEVICES"]

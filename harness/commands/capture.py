@@ -12,6 +12,8 @@ flipgate capture int8hu --oracle oracle.safetensors --out int8hu.safetensors
 flipgate capture int4lin --oracle oracle.safetensors --mode coreai-opt      # coreai-opt eager itself
 flipgate capture int4-head --config flipgate.toml --model ~/models/Qwen3.6-27B --oracle oracle.safetensors
 flipgate capture fp16 --cases cases.jsonl --full --out fp16.safetensors      # no oracle trace yet
+flipgate capture int8hu --stream --max-memory 8GiB --model ~/models/Qwen3.6-27B --oracle oracle.safetensors
+flipgate capture int8hu --device auto --oracle oracle.safetensors          # on a GPU when there is one
 flipgate capture coreai:~/bundles/Qwen3.6-27B-int8hu --oracle oracle.safetensors   # on macOS"""
 
 DESCRIPTION = """\
@@ -30,7 +32,20 @@ An emulated variant loads the model in fp16, applies the recipe with Apple's qua
 fake quantization, and several times faster) and feeds the tokens one at a time through the
 model's cache (S=1, as the device decodes). --full computes the rows in one causal pass instead:
 faster, less faithful to the device. Rows holding Inf/NaN (fp16 overflow) are kept and reported
-here; the gate counts them invalid."""
+here; the gate counts them invalid.
+
+--stream runs an emulated variant on a machine that cannot hold the fp16 model (54 GB for a 27B):
+one decoder layer at a time is read from the memory-mapped safetensors, quantized and run over
+every case token by token with that layer's own cache; then the final norm and the quantized head,
+in vocabulary chunks, on the scored rows only. The rows are bit-identical to the in-memory capture's;
+memory is about one layer + every position's hidden state (positions x hidden x 2 bytes) + one head
+chunk, and --max-memory refuses a run up front, naming what it needs. Give it --oracle TRACE (or
+cases with continuations): a case without one gets its continuation from the bf16 oracle, which
+loads the whole model.
+
+--device runs an emulated variant on cuda, mps, or the first of them present (auto); the trace
+records the device. GPU rows are not bit-identical to CPU rows (other kernels): compare a GPU
+capture with the CPU one before trusting it as the same evidence."""
 
 
 def register(sub) -> None:
@@ -46,6 +61,12 @@ def register(sub) -> None:
     p.add_argument("--full", action="store_true", help="one causal pass per case instead of S=1 steps (emulated)")
     p.add_argument("--mode", choices=("fast", "coreai-opt"), default="fast",
                    help="emulated quantization: fast (materialized weights, default) or coreai-opt (eager)")
+    p.add_argument("--stream", action="store_true",
+                   help="emulated: one decoder layer at a time from the memory-mapped checkpoint (S=1, bounded memory)")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="with --stream: refuse up front unless the planned need fits, e.g. 8GiB")
+    p.add_argument("--device", choices=("cpu", "cuda", "mps", "auto"), default="cpu",
+                   help="emulated: where the fp16 model computes (default cpu; auto: cuda, then mps, then cpu)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch CPU threads (default: 1 for a small model such as the fixture, else torch's choice)")
     p.add_argument("--quiet", action="store_true", help="print only warnings and errors")
@@ -130,8 +151,11 @@ def run(args) -> int:
         hf_logging.disable_progress_bar()
     model_dir = resolve_model_dir(args.model)
     model_tok = tokenizer_sha256(model_dir)
+    if args.max_memory is not None and not args.stream:
+        raise InputError("--max-memory applies to --stream (the in-memory capture holds the whole model)")
     options = {"model": str(model_dir), "recipes": args.config, "mode": args.mode, "full": args.full,
-               "threads": args.threads}
+               "threads": args.threads, "device": args.device, "stream": args.stream,
+               "max_memory": args.max_memory, "log": say}
     if args.oracle:
         oracle = open_trace(args.oracle)
         if oracle.tokenizer_sha256 and model_tok and oracle.tokenizer_sha256 != model_tok:
@@ -146,11 +170,16 @@ def run(args) -> int:
         cfg = read_config(model_dir)
         vocab = (cfg.get("text_config") or cfg).get("vocab_size")
     candidate = resolve(args.spec, **options)
+    if candidate.runner != "emulated" and (args.stream or args.device != "cpu"):
+        raise InputError(f"{args.spec}: --stream and --device apply to emulated variants, not to a "
+                         f"{candidate.runner} runner")
     vocab = getattr(candidate, "vocab_size", None) or vocab
     out = args.out or default_out(args.spec)
-    decode = ("one pass" if args.full else "S=1 stepwise") if candidate.runner == "emulated" else candidate.runner
+    decode = ("one pass" if args.full else "S=1 layer-streamed" if args.stream else "S=1 stepwise") \
+        if candidate.runner == "emulated" else candidate.runner
     say(f"{args.spec}: {candidate.runner} {candidate.variant} ({decode}"
-        + (f", {args.mode}" if candidate.runner == "emulated" else "") + f") -> {out}")
+        + (f", {args.mode}" + (f", {candidate.device}" if candidate.device != "cpu" else "")
+           if candidate.runner == "emulated" else "") + f") -> {out}")
     watched = _Watched(candidate, len(sequences), say)
     t0 = time.perf_counter()
     capture_to_trace(watched, sequences, out, vocab_size=int(vocab), model=model_provenance(model_dir),

@@ -28,6 +28,14 @@ localise.html, localise.md, localise.json (flipgate.localise/1) and the recipe f
 which holds the recipe and a gate of the same name:
     flipgate compare --config NAME.toml --gates NAME
 
+Memory: localise holds the model in fp16 with both recipes' weights for every restorable module
+(the candidate's and the safe recipe's), as an in-memory capture would; it has no --stream. It
+needs the in-memory path because a trial only swaps weights in place and replays the layers above
+the first restored one from stored hidden states: with layers streamed from disk every trial would
+re-read and re-quantize every layer from there up (tens of trials, each a pass over most of the
+checkpoint). For a model this machine cannot hold (the 27B), gate with `capture --stream`, and
+localise on a machine that holds the fp16 model twice over.
+
 Exit status: 0 when every defect was localised and the suggested recipe removes them all (or the
 gate has no defects), 1 when something is left (a budget too small, a defect the safe recipe does
 not repair, a suggested recipe whose gate still fails), 2 on bad input."""

@@ -150,8 +150,12 @@ def dump_rows(dump: LogitsDump, seq: CaseSequence, vocab_size: int | None):
 def import_dumps(files: Sequence[str | os.PathLike], case_ids: Sequence[str] | None, out: str | os.PathLike, *,
                  oracle: str | None = None, cases: str | None = None, model: str | None = None,
                  variant: str = "coreai", source_runner: str = SOURCE_RUNNER) -> Path:
-    """Turn `--save-logits` files (one per case) into one trace; nothing is written on any error."""
-    from ..trace import CaseTrace, base_metadata, write_trace
+    """Turn `--save-logits` files (one per case) into one trace; nothing is written on any error.
+
+    Each dump is read, checked and written before the next is read (TraceWriter), so memory holds
+    one dump, not the case set (~24 MiB a case at the 27B's width of 248320).
+    """
+    from ..trace import CaseTrace, TraceWriter, base_metadata
 
     if not files:
         raise InputError("give at least one logits file")
@@ -167,21 +171,25 @@ def import_dumps(files: Sequence[str | os.PathLike], case_ids: Sequence[str] | N
     dup = sorted({c for c in ids_for if ids_for.count(c) > 1})
     if dup:
         raise InputError(f"case {dup[0]!r} is given twice")
-    traces, sources = [], {}
-    width = None
-    for path, cid in zip(paths, ids_for):
-        dump = read_logits_file(path, vocab_size=src.vocab_size)
-        if width is not None and dump.width != width:
-            raise InputError(f"{path}: rows are {dump.width} wide, other files' {width}: dumps of different models")
-        width = dump.width
-        input_ids, logits = dump_rows(dump, src.get(cid), src.vocab_size)
-        traces.append(CaseTrace(cid, input_ids, np.array(logits)))
-        sources[path.name] = sha256_file(path)
-    meta = base_metadata(runner=RUNNER, variant=variant, vocab_size=src.vocab_size or width, model=src.model,
-                         tokenizer_sha256=src.tokenizer_sha256, source_runner=source_runner,
-                         source_files=json.dumps(sources, sort_keys=True),
-                         logits_dtype=str(traces[0].logits.dtype))
-    return write_trace(out, meta, traces)
+    sources = {}
+    width = logits_dtype = None
+    with TraceWriter(out) as writer:
+        for path, cid in zip(paths, ids_for):
+            dump = read_logits_file(path, vocab_size=src.vocab_size)
+            if width is not None and dump.width != width:
+                raise InputError(f"{path}: rows are {dump.width} wide, other files' {width}: dumps of different "
+                                 f"models")
+            width = dump.width
+            input_ids, logits = dump_rows(dump, src.get(cid), src.vocab_size)
+            del dump
+            writer.add(CaseTrace(cid, input_ids, logits))
+            logits_dtype = logits_dtype or str(np.asarray(logits).dtype)
+            del logits
+            sources[path.name] = sha256_file(path)
+        meta = base_metadata(runner=RUNNER, variant=variant, vocab_size=src.vocab_size or width, model=src.model,
+                             tokenizer_sha256=src.tokenizer_sha256, source_runner=source_runner,
+                             source_files=json.dumps(sources, sort_keys=True), logits_dtype=logits_dtype)
+        return writer.commit(meta)
 
 
 def emit_raw_tokens(folder: str | os.PathLike, *, oracle: str | None = None, cases: str | None = None,
