@@ -41,13 +41,13 @@ import numpy as np
 
 from ..errors import InputError
 from ..models import torch_threads
+from ..quants import ROW_CHUNK_ELEMENTS as QUANT_CHUNK_ELEMENTS
 from ..recipe import QuantSpec
 from ..trace import CaseTrace
 from .base import Sequence
 from .emulated import EmulatedCandidate, _cache_keyword
 
 EXECUTION = "layer-streamed"
-QUANT_CHUNK_ELEMENTS = 1 << 20   # weights are quantized in row chunks of about this many elements
 QUANT_BYTES_PER_ELEMENT = 18     # numpy transients of quantize + dequantize per element of a chunk
 HEAD_CHUNK_ALIGN = 256
 MIN_HEAD_BUDGET = 64 * 2**20
@@ -59,13 +59,10 @@ def fake_quantize_rows(spec: QuantSpec, weight, chunk_elements: int = QUANT_CHUN
     weight at once (`apply_plan`): blocks (and per-channel scales) never span rows."""
     import torch
 
-    w = weight.detach().cpu().numpy()
-    q = spec.scheme()
-    out = np.empty_like(w)
-    step = max(1, chunk_elements // max(1, w.shape[1]))
-    for r0 in range(0, w.shape[0], step):
-        out[r0:r0 + step] = q.dequantize(q.quantize(w[r0:r0 + step]))
-    return torch.from_numpy(out)
+    from ..quants import quantize_rows
+
+    deq, _ = quantize_rows(spec.scheme(), weight.detach().cpu().numpy(), chunk_elements=chunk_elements)
+    return torch.from_numpy(deq)
 
 
 @dataclass
