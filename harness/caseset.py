@@ -316,7 +316,7 @@ def build_case_set(*, corpus: str | os.PathLike, target_confident: int, model: s
     """
     import numpy as np
 
-    from oracles.hf import HFOracle, prob_margins
+    from oracles.hf import HFOracle, _loading_bar, prob_margins
 
     from .cases import Case
 
@@ -334,6 +334,8 @@ def build_case_set(*, corpus: str | os.PathLike, target_confident: int, model: s
         raise InputError(f"--max-similarity {max_similarity!r}: expected a value in (0, 1]")
     units = read_corpus(corpus, unit)
     oracle = HFOracle(model, dtype="bfloat16", device=device)
+    with _loading_bar(False):
+        oracle.model  # load now: a checkpoint that cannot load fails before any work
     tok = oracle.tokenizer
     rng = random.Random(seed)
     order = list(range(len(units)))
@@ -369,7 +371,7 @@ def build_case_set(*, corpus: str | os.PathLike, target_confident: int, model: s
         kept_shingles.append(sh)
         seen_prompts.add(prompt)
         total_confident += confident
-        say(f"{u.id:<28} {n_prompt:>4} prompt tokens  {confident:>3}/{len(margins)} confident  "
+        say(f"{u.id[:40]:<40} {n_prompt:>4} prompt tokens  {confident:>3}/{len(margins)} confident  "
             f"(total {total_confident}/{target_confident})")
     if total_confident < target_confident:
         raise InputError(f"{corpus}: the corpus gave {len(kept)} cases with {total_confident} confident positions "
@@ -382,13 +384,15 @@ def build_case_set(*, corpus: str | os.PathLike, target_confident: int, model: s
     meta = oracle.metadata()
     from .fileio import sha256_file
 
+    weights = _weights_only(meta["model"])  # no local path: the file must not depend on where it was built
+
     all_margins = [m for c in kept for m in c.margins]
     summary = {
         "format": SUMMARY_FORMAT,
         KEY: digest,
         "corpus": Path(corpus).name,
         "corpus_sha256": sha256_file(corpus),
-        "model": meta["model"],
+        "model_sha256": weights,
         "tokenizer_sha256": meta["tokenizer_sha256"],
         "dtype": "bfloat16",
         "seed": seed,
@@ -414,10 +418,20 @@ def build_case_set(*, corpus: str | os.PathLike, target_confident: int, model: s
     }
     header = (f"# flipgate cases build: {len(kept)} cases, {total_confident} of {len(all_margins)} positions confident "
               f"(prob margin >= {min_margin:g}, bf16 oracle); {KEY} {digest}; corpus {summary['corpus']} "
-              f"sha256 {summary['corpus_sha256'][:SHORT]}; seed {seed}; model {meta['model'][:80]}")
+              f"sha256 {summary['corpus_sha256'][:SHORT]}; seed {seed}; model weights "
+              + ", ".join(f"{k} {v[:SHORT]}" for k, v in sorted(weights.items())))
     lines = [header] + [json.dumps({"id": c.id, "prompt": c.prompt, "continuation_ids": c.continuation_ids},
                                    ensure_ascii=False) for c in kept]
     return BuildResult(kept, digest, summary, lines)
+
+
+def _weights_only(model: str) -> dict[str, str]:
+    """The weight files' sha256 from a model provenance string (`{"path": ..., "sha256": {...}}`)."""
+    try:
+        got = json.loads(model).get("sha256")
+    except (ValueError, AttributeError):
+        got = None
+    return {str(k): str(v) for k, v in got.items()} if isinstance(got, dict) else {"model": model}
 
 
 def summary_path(out: str | os.PathLike) -> Path:
