@@ -287,15 +287,25 @@ def margin_histogram(margins: Iterable[float], edges: Sequence[float] = MARGIN_E
     return counts
 
 
-def _cut_prompt(tokenizer, text: str, n_tokens: int) -> str:
-    """The text of about the first `n_tokens` tokens, cut back to the last whitespace so a prompt
-    ends at a word boundary, as a user's does."""
+def _cut_prompt(tokenizer, text: str, n_tokens: int, min_tokens: int) -> str:
+    """The text of about the first `n_tokens` tokens, ending at a word boundary as a user's prompt
+    does: cut back to the last whitespace, or, if that leaves fewer than `min_tokens` tokens,
+    forward to the next one."""
     ids = tokenizer.encode(text, add_special_tokens=False)
     if len(ids) <= n_tokens:
         return text.rstrip()
     head = tokenizer.decode(ids[:n_tokens], clean_up_tokenization_spaces=False)
-    cut = max(head.rfind(" "), head.rfind("\n"), head.rfind("\t"))
-    return (head[:cut] if cut > 0 else head).rstrip()
+    if not text.startswith(head):  # a tokenizer that normalises: its own text is the prompt
+        return head.rstrip()
+    if len(text) == len(head) or text[len(head)].isspace():
+        return head.rstrip()
+    back = max(head.rfind(" "), head.rfind("\n"), head.rfind("\t"))
+    if back > 0:
+        cut = head[:back].rstrip()
+        if len(tokenizer.encode(cut, add_special_tokens=False)) >= min_tokens:
+            return cut
+    m = re.search(r"\s", text[len(head):])
+    return (text[:len(head) + m.start()] if m else text).rstrip()
 
 
 def build_case_set(*, corpus: str | os.PathLike, target_confident: int, model: str | os.PathLike | None = None,
@@ -307,8 +317,8 @@ def build_case_set(*, corpus: str | os.PathLike, target_confident: int, model: s
     confident positions (probability margin >= `min_margin`, the gate's rule) are reached.
 
     Units (paragraphs or documents) are visited in an order shuffled by `seed`; each gives one
-    prompt of a length drawn from `prompt_tokens` (inclusive, in tokens, cut back to a word
-    boundary; units shorter than the minimum are skipped). A prompt whose word 3-gram Jaccard
+    prompt of a length drawn from `prompt_tokens` (inclusive, in tokens, moved to a word boundary:
+    see `_cut_prompt`; units shorter than the minimum are skipped). A prompt whose word 3-gram Jaccard
     similarity with a kept prompt is >= `max_similarity` is dropped as a near-duplicate. The oracle
     makes each continuation (greedy, `new_tokens`) and its rows (one causal pass), case by case,
     exactly as `flipgate oracle` does, so the built file's confident count is the oracle trace's.
@@ -352,7 +362,7 @@ def build_case_set(*, corpus: str | os.PathLike, target_confident: int, model: s
         u = units[idx]
         stats["visited"] += 1
         length = rng.randint(lo, hi)  # drawn for every unit visited, so the draws do not depend on the oracle
-        prompt = _cut_prompt(tok, u.text, length)
+        prompt = _cut_prompt(tok, u.text, length, lo)
         n_prompt = len(tok.encode(prompt, add_special_tokens=False)) if prompt else 0
         if n_prompt < lo:
             stats["too_short"] += 1
