@@ -314,3 +314,21 @@ def test_the_big_set_is_pinned_held_out_and_sized():
     assert not [s.id for s in cs if s.prompt in trained], "a prompt of the big set is training text"
     notice = (big.parent / "NOTICE").read_text()
     assert "Python Software Foundation" in notice and "big.jsonl" in notice
+
+
+pytest_plugins = ("pytester",)
+
+
+def test_gate_cases_takes_a_bundled_name(pytester, tmp_path):
+    from harness.pipeline import workspace
+    from helpers import make_qwen36_scenario
+
+    assert workspace(cases="big").cases_path == bundled_cases_path("big")
+    bad = pytester.runpytest("--gate", "int8hu", "--gate-cases", "nosuch")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--gate-cases nosuch: no such file (bundled case sets, by name: fixture, big)" in bad.stderr.str()
+    paths = make_qwen36_scenario(tmp_path)
+    ok = pytester.runpytest("--gate", "int8hu", "--gate-cases", "big", f"--gate-oracle={paths['oracle']}",
+                            f"--gate-candidate={paths['int8hu']}", f"--gate-control={paths['fp16']}",
+                            f"--gate-cache={tmp_path / 'c'}", "-q")
+    assert ok.ret == pytest.ExitCode.OK
