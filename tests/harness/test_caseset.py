@@ -299,6 +299,17 @@ def test_bundled_sets_by_name(tmp_path, monkeypatch):
     assert load_cases("big").ids == ["mine"]  # a file of that name wins
 
 
+def test_cases_hash_command(trace_factory, capsys):
+    t = trace_factory("t.safetensors", [make_case("a"), make_case("b", seed=4)])
+    summary = json.loads(summary_path(bundled_cases_path("big")).read_text())
+    assert main(["cases", "hash", "big", str(t)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[0] == summary["case_set_sha256"]
+    assert lines[1] == f"{trace_case_set_sha256(open_trace(t))}  {t}"
+    assert main(["cases", "hash", "fixture"]) == 2  # its continuations are the oracle's: not pinned
+    assert "gives no continuation" in capsys.readouterr().err
+
+
 def test_the_big_set_is_pinned_held_out_and_sized():
     from gates.metrics import clopper_pearson_upper
 
