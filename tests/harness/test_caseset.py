@@ -161,6 +161,8 @@ def test_compare_refuses_verdicts_of_different_case_sets(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and h1[:16] in err and h2[:16] in err and "'one'" in err
     assert not (tmp_path / "r").exists()
+    assert main(["report", str(p1), str(p2)]) == 2
+    assert h2[:16] in capsys.readouterr().err
     # verdicts made before the hash existed are not compared; one case set passes
     old = v1.to_dict()
     old["provenance"].pop("case_set_sha256")
