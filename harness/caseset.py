@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 from .errors import InputError, TraceError
+from .fileio import sha256_file, write_text_atomic
 
 if TYPE_CHECKING:
     from .trace import Trace
@@ -251,8 +252,7 @@ SUMMARY_FORMAT = "flipgate.cases-summary/1"
 
 @dataclass
 class BuiltCase:
-    id: str
-    source: str
+    id: str                  # the corpus unit's id
     prompt: str
     prompt_tokens: int
     continuation_ids: list[int]
@@ -321,7 +321,8 @@ def build_case_set(*, corpus: str | os.PathLike, target_confident: int, model: s
     see `_cut_prompt`; units shorter than the minimum are skipped). A prompt whose word 3-gram Jaccard
     similarity with a kept prompt is >= `max_similarity` is dropped as a near-duplicate. The oracle
     makes each continuation (greedy, `new_tokens`) and its rows (one causal pass), case by case,
-    exactly as `flipgate oracle` does, so the built file's confident count is the oracle trace's.
+    exactly as `flipgate oracle` does, so the built file's confident count is the oracle trace's
+    (on CPU, bf16 rows can change with the torch thread count: build where the oracle will run).
     Raises InputError when the corpus runs out first (nothing is returned, nothing is written).
     """
     import numpy as np
@@ -377,7 +378,7 @@ def build_case_set(*, corpus: str | os.PathLike, target_confident: int, model: s
         rows = oracle.rows_batch(np.array([case.input_ids], dtype=np.int64), new_tokens)[0]
         margins = [float(m) for m in prob_margins(rows)]
         confident = sum(m >= min_margin for m in margins)
-        kept.append(BuiltCase(u.id, u.id, prompt, n_prompt, list(case.continuation_ids), margins, confident))
+        kept.append(BuiltCase(u.id, prompt, n_prompt, list(case.continuation_ids), margins, confident))
         kept_shingles.append(sh)
         seen_prompts.add(prompt)
         total_confident += confident
@@ -392,8 +393,6 @@ def build_case_set(*, corpus: str | os.PathLike, target_confident: int, model: s
     sequences = [(c.id, [*tok.encode(c.prompt, add_special_tokens=False), *c.continuation_ids]) for c in kept]
     digest = case_set_sha256(sequences)
     meta = oracle.metadata()
-    from .fileio import sha256_file
-
     weights = _weights_only(meta["model"])  # no local path: the file must not depend on where it was built
 
     all_margins = [m for c in kept for m in c.margins]
@@ -424,7 +423,7 @@ def build_case_set(*, corpus: str | os.PathLike, target_confident: int, model: s
         "dropped_near_duplicates": stats["near_duplicates"],
         "per_case": [{"id": c.id, "prompt_tokens": c.prompt_tokens, "positions": len(c.margins),
                       "confident": c.confident, "tie_fraction": round(c.tie_fraction, 6),
-                      "min_margin": round(min(c.margins), 6)} for c in kept],
+                      "lowest_margin": round(min(c.margins), 6)} for c in kept],
     }
     header = (f"# flipgate cases build: {len(kept)} cases, {total_confident} of {len(all_margins)} positions confident "
               f"(prob margin >= {min_margin:g}, bf16 oracle); {KEY} {digest}; corpus {summary['corpus']} "
@@ -452,8 +451,6 @@ def summary_path(out: str | os.PathLike) -> Path:
 
 def write_case_set(result: BuildResult, out: str | os.PathLike) -> tuple[Path, Path]:
     """The case file and its summary sidecar, each written atomically; same inputs, same bytes."""
-    from .fileio import write_text_atomic
-
     out = Path(out)
     side = summary_path(out)
     write_text_atomic(out, "\n".join(result.lines) + "\n")
