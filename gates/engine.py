@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from harness.caseset import check_same_case_set, trace_case_set_sha256
 from harness.errors import InputError
 from harness.evidence import evidence_of
 from harness.trace import Trace, open_trace
@@ -55,6 +56,7 @@ def check_agreement(oracle: Trace, other: Trace, role: str) -> None:
     if oracle.tokenizer_sha256 and other.tokenizer_sha256 and oracle.tokenizer_sha256 != other.tokenizer_sha256:
         raise InputError(f"{where}: tokenizer_sha256 {other.tokenizer_sha256[:12]}… differs from the oracle's "
                          f"{oracle.tokenizer_sha256[:12]}…: the token ids mean different things")
+    check_same_case_set(oracle, other, where, role)  # names both case set hashes and the first difference
     theirs = set(other.case_ids)
     for cid in oracle.case_ids:
         if cid not in theirs:
@@ -317,6 +319,7 @@ def _evaluate_pass(oracle_t: Trace, jobs: list[GateJob], *, decode: Decode | Non
         if pool is not None:
             pool.shutdown()
 
+    case_set = trace_case_set_sha256(oracle_t)  # the verdict names the case set it was judged on
     verdicts = []
     for job in prepared:
         summary = summarise(job.positions, np.concatenate(job.cosine) if job.cosine else np.empty(0),
@@ -324,7 +327,8 @@ def _evaluate_pass(oracle_t: Trace, jobs: list[GateJob], *, decode: Decode | Non
         summary["cases"] = len(oracle_t.case_ids)
         prov = {"oracle": _trace_info(oracle_t), "candidate": _trace_info(traces[job.candidate]),
                 "control": _trace_info(traces[job.control]) if job.control else None,
-                "engine": {"flipgate": _version(), "numpy": np.__version__}}
+                "engine": {"flipgate": _version(), "numpy": np.__version__},
+                "case_set_sha256": case_set}
         if fp32 is not None:
             arts = [p for p in job.positions if p["class"] == "oracle-artifact"]
             summary["oracle_artifacts_confirmed"] = sum(bool(p["fp32_confirms"]) for p in arts)
@@ -469,6 +473,8 @@ def summarise(positions: list[dict], cosine: np.ndarray, kl: np.ndarray, policy:
         "confident_judged": confident_judged,
         "confident_flip_rate": flips / confident_judged if confident_judged else None,
         "confident_flip_rate_ci95": [lo, hi],
+        # what the defect count proves: one-sided exact bound on defects per confident position judged
+        "defect_rate_upper_95": metrics.defect_rate_upper(counts["defect"], confident_judged),
         "reasons": reasons,
         "notes": list(notes or []),
     }

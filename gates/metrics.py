@@ -229,3 +229,117 @@ def wilson_interval(k: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
     centre = (p + z2 / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a count of defects proves: the exact (Clopper–Pearson) one-sided upper bound on the
+# confident defect rate, and the confident positions a claim needs. Pure numpy: no scipy.
+
+BOUND_CONFIDENCE = 0.95  # the verdict's `defect_rate_upper_95`
+
+
+def binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), summed in log space (k + 1 terms)."""
+    if k < 0:
+        return 0.0
+    if k >= n or p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 0.0
+    j = np.arange(1, k + 1, dtype=np.float64)
+    log_choose = np.concatenate(([0.0], np.cumsum(np.log((n - j + 1) / j))))  # log C(n, j), j = 0..k
+    terms = log_choose + np.arange(k + 1) * math.log(p) + (n - np.arange(k + 1)) * math.log1p(-p)
+    top = float(terms.max())
+    return min(1.0, math.exp(top) * float(np.exp(terms - top).sum()))
+
+
+def clopper_pearson_upper(k: int, n: int, confidence: float = BOUND_CONFIDENCE) -> float:
+    """One-sided exact upper bound on a rate after k events in n trials: the p at which
+    P(X <= k) = 1 - confidence (the beta quantile B(confidence; k + 1, n - k)). 1.0 when n == 0."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence {confidence!r} is not in (0, 1)")
+    if n <= 0 or k >= n:
+        return 1.0
+    alpha = 1.0 - confidence
+    if k == 0:
+        return -math.expm1(math.log(alpha) / n)  # (1 - p)^n = alpha, without cancellation
+    lo, hi = 0.0, 1.0
+    for _ in range(200):  # bisection: the cdf falls as p rises; 200 halvings reach float resolution
+        mid = 0.5 * (lo + hi)
+        if binomial_cdf(k, n, mid) > alpha:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-16 * max(hi, 1e-300):
+            break
+    return hi  # the side that keeps the bound an upper bound
+
+
+def positions_needed(rate: float, confidence: float = BOUND_CONFIDENCE, defects: int = 0) -> int:
+    """The fewest confident positions n such that `defects` defects in n bound the defect rate at or
+    below `rate` (Clopper–Pearson, one-sided). Zero defects: n = ceil(ln(1 - confidence) / ln(1 - rate))."""
+    if not 0.0 < rate < 1.0:
+        raise ValueError(f"rate {rate!r} is not in (0, 1)")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence {confidence!r} is not in (0, 1)")
+    if defects < 0:
+        raise ValueError(f"defects {defects!r} is negative")
+    alpha = 1.0 - confidence
+
+    def enough(n: int) -> bool:
+        return binomial_cdf(defects, n, rate) <= alpha
+
+    if defects == 0:
+        n = max(1, math.ceil(math.log(alpha) / math.log1p(-rate)))
+        while n > 1 and enough(n - 1):  # guard the closed form against rounding either way
+            n -= 1
+        while not enough(n):
+            n += 1
+        return n
+    hi = defects + 1
+    while not enough(hi):
+        hi *= 2
+    lo = hi // 2
+    while lo + 1 < hi:  # the smallest n that is enough lies in (lo, hi]
+        mid = (lo + hi) // 2
+        if enough(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def rule_of_three(rate: float) -> float:
+    """The check beside the exact count at 95 %: 3 / rate (from -ln(0.05) = 2.996)."""
+    return 3.0 / rate
+
+
+def defect_rate_upper(defects: int, confident: int, confidence: float = BOUND_CONFIDENCE) -> float:
+    """The verdict's bound: defects among the confident positions judged (one-sided Clopper–Pearson)."""
+    return clopper_pearson_upper(int(defects), int(confident), confidence)
+
+
+def _percent_up(x: float) -> str:
+    """x as a percentage to 3 significant digits, rounded UP: a stated bound never claims more than
+    was shown (0.29212 % reads 0.293 %, not 0.292 %)."""
+    v = x * 100.0
+    if v <= 0:
+        return "0"
+    d = 2 - math.floor(math.log10(v))
+    up = math.ceil(v * 10 ** d - 1e-9) / 10 ** d
+    return f"{up:.{max(d, 0)}f}"
+
+
+def defect_bound_sentence(defects: int, confident: int, upper: float | None = None,
+                          confidence: float = BOUND_CONFIDENCE) -> str:
+    """'0 defects in 1,024 confident positions: the confident defect rate is below 0.293 % at 95 %'."""
+    what = f"{defects:,} defect{'' if defects == 1 else 's'} in {confident:,} confident position" \
+           f"{'' if confident == 1 else 's'}"
+    if confident <= 0:
+        return f"{what}: nothing bounds the confident defect rate"
+    if upper is None:
+        upper = defect_rate_upper(defects, confident, confidence)
+    conf = f"{confidence * 100:g}"
+    if upper >= 1.0:
+        return f"{what}: the confident defect rate is not bounded below 100 % at {conf} %"
+    return f"{what}: the confident defect rate is below {_percent_up(upper)} % at {conf} % (one-sided, exact)"

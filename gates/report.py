@@ -44,6 +44,10 @@ def format_verdict(v: Verdict) -> str:
     lines.append(f"  confident flips {s['confident_flips']}/{judged}"
                  + (f" = {rate:.1%}" if rate is not None else "")
                  + f" (Wilson 95% {lo:.1%} to {hi:.1%})")
+    if "defect_rate_upper_95" in s:
+        from .metrics import defect_bound_sentence
+
+        lines.append(f"  bound     {defect_bound_sentence(s['defects'], judged, s['defect_rate_upper_95'])}")
     for note in s.get("notes", []):
         lines.append(f"  note: {note}")
     for reason in s.get("reasons", []):

@@ -8,6 +8,11 @@ One JSON object a line:
     {"id": "fixed-ids", "prompt_ids": [5, 6], "continuation_ids": [7, 8, 9]}
 
 `id` defaults to `line-N`. Blank lines and lines starting with `#` are skipped.
+
+Wherever a case file is taken, a bundled set may be named instead of a path (`resolve_cases_path`):
+`fixture` (11 prompts, the quick default) or `big` (held-out CPython docstrings with pinned
+continuations, built by `flipgate cases build`; see harness/data/cases/NOTICE). A file of that
+name in the working directory wins.
 """
 
 from __future__ import annotations
@@ -34,9 +39,29 @@ MAX_CASE_ID_BYTES = 200  # a file name is at most 255 bytes; leave room for a su
 _BAD_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
 
-def bundled_cases_path() -> Path:
-    """The case set shipped for the bundled fixture model."""
-    return Path(str(resources.files("harness") / "data" / "cases" / "fixture.jsonl"))
+# bundled case sets, selectable by name (`--cases big`)
+BUNDLED_CASES = {"fixture": "fixture.jsonl", "big": "big.jsonl"}
+DEFAULT_CASES = "fixture"
+
+
+def bundled_cases_path(name: str = DEFAULT_CASES) -> Path:
+    """A case set shipped for the bundled fixture model (default: the quick 11-case set)."""
+    if name not in BUNDLED_CASES:
+        raise InputError(f"no bundled case set {name!r} (bundled: {', '.join(BUNDLED_CASES)})")
+    return Path(str(resources.files("harness") / "data" / "cases" / BUNDLED_CASES[name]))
+
+
+def resolve_cases_path(spec: str | os.PathLike | None) -> Path:
+    """A case file path, or a bundled set's name (`big`); None is the default bundled set.
+    An existing file wins over a bundled name; anything else must exist."""
+    if spec is None:
+        return bundled_cases_path()
+    p = Path(spec)
+    if p.exists():
+        return p
+    if str(spec) in BUNDLED_CASES:
+        return bundled_cases_path(str(spec))
+    raise InputError(f"{p}: no such case file (bundled case sets, by name: {', '.join(BUNDLED_CASES)})")
 
 
 @dataclass(frozen=True)
@@ -159,8 +184,8 @@ def parse_case(obj: Any, path: Path, lineno: int) -> CaseSpec:
 
 
 def load_cases(path: str | os.PathLike | None = None) -> CaseSet:
-    """Read and validate a JSONL case file (default: the bundled fixture set)."""
-    p = Path(path) if path is not None else bundled_cases_path()
+    """Read and validate a JSONL case file (default: the bundled fixture set; a bundled name works)."""
+    p = resolve_cases_path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such case file")
     try:

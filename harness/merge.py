@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 
 from . import safejson
 from .cases import case_id_problem
+from .caseset import case_set_sha256, short, trace_case_set_sha256
 from .errors import InputError
 from .fileio import atomic_path
 from .trace import FORMAT, Trace, open_trace
@@ -27,10 +28,12 @@ from .trace import FORMAT, Trace, open_trace
 _CHUNK = 1 << 22
 
 # Metadata that must be equal in every merged trace: it says what the rows are rows of.
+# (Shards hold different cases, so their case_set_sha256 differ by design: they must name the same
+# case file, `cases_file_sha256`, and the merged trace gets the hash of the whole set.)
 MUST_AGREE = ("runner", "variant", "vocab_size", "model", "tokenizer_sha256", "dtype", "mode",
-              "case_set", "case_set_sha256", "min_margin", "margin_space")
+              "case_set", "cases_file_sha256", "min_margin", "margin_space")
 # Recomputed for the merged trace rather than copied.
-_RECOMPUTED = ("format", "cases", "created_at", "shard", "low_margin", "confident_fraction")
+_RECOMPUTED = ("format", "cases", "created_at", "shard", "low_margin", "confident_fraction", "case_set_sha256")
 
 
 def join_cases(out: str | os.PathLike, metadata: dict[str, str],
@@ -41,6 +44,7 @@ def join_cases(out: str | os.PathLike, metadata: dict[str, str],
     """
     dest = Path(out)
     opened: dict[Path, Trace] = {}
+    sequences = []  # (case id, input_ids): the joined trace's case set hash
     plan: list[tuple[Path, int, int]] = []
     header: dict[str, object] = {}
     case_ids: list[str] = []
@@ -63,6 +67,7 @@ def join_cases(out: str | os.PathLike, metadata: dict[str, str],
         t = opened[src]
         if cid not in t:
             raise InputError(f"{src}: no case {cid!r}")
+        sequences.append((cid, t.input_ids(cid)))
         for kind in ("input_ids", "logits"):
             dtype, shape, at, nbytes = t.tensor_span(cid, kind)
             header[f"{cid}/{kind}"] = {"dtype": dtype, "shape": list(shape),
@@ -75,6 +80,7 @@ def join_cases(out: str | os.PathLike, metadata: dict[str, str],
             raise ValueError(f"join_cases: metadata lacks {key!r}")
     meta["format"] = FORMAT
     meta["cases"] = json.dumps(case_ids)
+    meta["case_set_sha256"] = case_set_sha256(sequences)
     raw = json.dumps({"__metadata__": meta, **header}, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
     with atomic_path(dest) as tmp:
@@ -110,6 +116,17 @@ def merge_traces(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
             if a != b:
                 raise InputError(f"{t.path}: {key} {_short(b)} differs from {_short(a)} in {first.path}: "
                                  f"traces of another {_what(key)} cannot be merged")
+    # every trace's case set hash must be its contents'; an oracle run's trace that is not a shard
+    # (`shard` = "") holds a whole case set, so anything merged with it is of another set (or
+    # repeats its cases)
+    hashes = [trace_case_set_sha256(t) for t in traces]
+    for t, h in zip(traces, hashes):
+        if t.metadata.get("shard") == "" and len(traces) > 1:
+            other = next(((u, g) for u, g in zip(traces, hashes) if g != h), None)
+            if other is not None:
+                raise InputError(f"{other[0].path}: case set {short(other[1])}… differs from {short(h)}… in {t.path} "
+                                 "(not a shard: it holds a whole case set): traces of different case sets cannot "
+                                 "be merged")
     owner: dict[str, Path] = {}
     for t in traces:
         for cid in t.case_ids:
@@ -168,4 +185,4 @@ def _short(v: str | None) -> str:
 
 def _what(key: str) -> str:
     return {"model": "model", "tokenizer_sha256": "tokenizer", "case_set": "case set",
-            "case_set_sha256": "case set", "dtype": "precision", "variant": "variant"}.get(key, "run")
+            "cases_file_sha256": "case set", "dtype": "precision", "variant": "variant"}.get(key, "run")

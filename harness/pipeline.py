@@ -141,8 +141,9 @@ class Workspace:
         from .models import weights_sha256
 
         cases = load_cases(self.cases_path)
+        # "case_set/1": traces cached before they carried the case set hash are not reused
         return _key("oracle", weights_sha256(self.model_dir), self.tokenizer_sha256(),
-                    cases.sha256, self.dtype, __version__)
+                    cases.sha256, self.dtype, __version__, "case_set/1")
 
     def oracle_trace(self) -> Path:
         from oracles.hf import run_oracle
@@ -185,12 +186,12 @@ class Workspace:
 def workspace(*, model: str | None = None, cases: str | None = None, cache_dir: str | None = None,
               dtype: str = "bfloat16", refresh: bool = False, quiet: bool = False,
               log: Callable[[str], None] | None = None) -> Workspace:
-    from .cases import bundled_cases_path
+    from .cases import resolve_cases_path
     from .models import resolve_model_dir
 
     return Workspace(
         model_dir=resolve_model_dir(model),
-        cases_path=Path(cases) if cases else bundled_cases_path(),
+        cases_path=resolve_cases_path(cases),  # a path, or a bundled set's name (`big`)
         cache_dir=Path(cache_dir or os.environ.get("FLIPGATE_CACHE") or DEFAULT_CACHE),
         dtype=dtype, refresh=refresh, quiet=quiet, log=log or _stderr)
 

@@ -58,7 +58,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="the oracle's checkpoint folder. Default: the bundled fixture model.")
     group.addoption(
         "--gate-cases", metavar="FILE", default=None,
-        help="case set (JSONL). Default: the bundled fixture cases.")
+        help="case set (JSONL), or a bundled set by name (fixture, big). Default: the bundled fixture cases.")
     group.addoption(
         "--gate-oracle", metavar="TRACE", default=None,
         help="judge this oracle trace instead of running the model. Default: run the oracle (cached).")
@@ -196,7 +196,11 @@ class GateSession:
             if path:
                 _check_trace(flag, path)
         if opt.gate_cases and not Path(opt.gate_cases).is_file():
-            raise pytest.UsageError(f"--gate-cases {opt.gate_cases}: no such file")
+            from .cases import BUNDLED_CASES
+
+            if opt.gate_cases not in BUNDLED_CASES:  # a bundled set by name (`--gate-cases big`)
+                raise pytest.UsageError(f"--gate-cases {opt.gate_cases}: no such file (bundled case sets, "
+                                        f"by name: {', '.join(BUNDLED_CASES)})")
         if opt.gate_model and not Path(opt.gate_model).exists():
             raise pytest.UsageError(f"--gate-model {opt.gate_model}: no such folder")
         cache_dir = Path(opt.gate_cache or os.environ.get("FLIPGATE_CACHE") or root / DEFAULT_CACHE)

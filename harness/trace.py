@@ -29,6 +29,7 @@ import numpy as np
 
 from . import safejson
 from .cases import case_id_problem
+from .caseset import case_set_sha256
 from .errors import TraceError
 from .fileio import atomic_path
 
@@ -472,8 +473,9 @@ def base_metadata(*, runner: str, variant: str, vocab_size: int, model: str = ""
 def write_trace(path: str | os.PathLike, metadata: Mapping[str, str], cases: Iterable[CaseTrace]) -> Path:
     """Write a trace atomically. `cases` may hold memory-mapped or lazily read arrays.
 
-    `metadata` must carry runner, variant and vocab_size (see base_metadata); format and the case
-    list are set here. The written file is re-opened and validated before it is renamed into place.
+    `metadata` must carry runner, variant and vocab_size (see base_metadata); format, the case
+    list and `case_set_sha256` (the hash of the cases written) are set here. The written file is
+    re-opened and validated before it is renamed into place.
     """
     dest = Path(path)
     cases = list(cases)
@@ -513,6 +515,8 @@ def write_trace(path: str | os.PathLike, metadata: Mapping[str, str], cases: Ite
                 "dtype": _NP_TO_ST[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + nbytes]}
             offset += nbytes
             tensors.append(arr)
+    # the case set these rows belong to, from the rows' own sequences (harness/caseset.py)
+    meta["case_set_sha256"] = case_set_sha256((c.case_id, np.asarray(c.input_ids)) for c in cases)
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # safetensors aligns the buffer to 8 bytes
     with atomic_path(dest) as tmp:

@@ -491,7 +491,7 @@ def run_oracle(*, model: str | os.PathLike | None = None, cases: str | os.PathLi
     meta = oracle.metadata()
     mode = "stepwise" if stepwise else "one-pass"
     identity = {"model": meta["model"], "tokenizer_sha256": meta["tokenizer_sha256"], "dtype": dtype,
-                "device": device, "mode": mode, "case_set_sha256": case_set.sha256, "shard": shard or "",
+                "device": device, "mode": mode, "cases_file_sha256": case_set.sha256, "shard": shard or "",
                 "harness_version": meta["harness_version"]}
     parts = _Parts(out, identity, resume)
 
@@ -572,7 +572,7 @@ def run_oracle(*, model: str | os.PathLike | None = None, cases: str | os.PathLi
         **{k: v for k, v in meta.items() if k != "harness_version"},
         mode=mode, min_margin=f"{min_margin:g}", margin_space="prob",
         low_margin=json.dumps(low), confident_fraction=f"{frac:.6f}",
-        case_set=json.dumps(case_set.ids), case_set_sha256=case_set.sha256, cases_file=str(case_set.path),
+        case_set=json.dumps(case_set.ids), cases_file_sha256=case_set.sha256, cases_file=str(case_set.path),
         shard=shard or "", batch_size=str(batch_size),
     )
     join_cases(out, metadata, sources)

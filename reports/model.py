@@ -172,8 +172,22 @@ def one_line(v: Mapping) -> str:
     r = comparison_row(v)
     return (f"{r['gate']}: {r['verdict']} — exact {r['exact']}, rule {r['rule']}, defects {r['defects']}, "
             f"oracle-artifacts {r['oracle_artifacts']}, tie-flips {r['tie_flips']}, invalid {r['invalid']}; "
-            f"cosine min {r['min_cosine']} mean {r['mean_cosine']}; KL mean {r['mean_kl']} max {r['max_kl']}; "
-            f"evidence: {r['evidence']}")
+            f"cosine min {r['min_cosine']} mean {r['mean_cosine']}; KL mean {r['mean_kl']} max {r['max_kl']}"
+            + bound_clause(v) + f"; evidence: {r['evidence']}")
+
+
+
+def bound_clause(v: Mapping) -> str:
+    """'; 0 defects in 169 confident positions: the confident defect rate is below 1.76 % at 95 % …'
+    for a verdict that states its bound (`defect_rate_upper_95`); empty for one that does not."""
+    s = v["summary"]
+    upper = s.get("defect_rate_upper_95")
+    if not isinstance(upper, (int, float)) or isinstance(upper, bool):
+        return ""
+    from gates.metrics import defect_bound_sentence
+
+    judged = s.get("confident_judged", s["confident"])
+    return "; " + visible(defect_bound_sentence(int(s["defects"]), int(judged), float(upper)))
 
 
 def policy_items(v: Mapping) -> list[tuple[str, str]]:

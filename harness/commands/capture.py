@@ -56,7 +56,7 @@ def register(sub) -> None:
     p.add_argument("--model", metavar="DIR", help="the fp16/bf16 checkpoint folder (default: the bundled fixture model)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--oracle", metavar="TRACE", help="take token sequences and scored rows from this oracle trace")
-    src.add_argument("--cases", metavar="FILE", help="take them from this case file (JSONL; default: the bundled cases)")
+    src.add_argument("--cases", metavar="FILE", help="take them from this case file (JSONL, or a bundled set by name: fixture, big; default: fixture)")
     p.add_argument("--out", metavar="TRACE", help="trace to write (default: candidate-SPEC.safetensors)")
     p.add_argument("--full", action="store_true", help="one causal pass per case instead of S=1 steps (emulated)")
     p.add_argument("--mode", choices=("fast", "coreai-opt"), default="fast",

@@ -51,7 +51,7 @@ def register(sub) -> None:
     p.add_argument("--budget", type=int, metavar="N", default=None,
                    help="at most N trial runs, one restoration decoded over one case (default: 200)")
     p.add_argument("--model", metavar="DIR", help="checkpoint folder (default: the bundled fixture model)")
-    p.add_argument("--cases", metavar="FILE", help="case set, JSONL (default: the bundled fixture cases)")
+    p.add_argument("--cases", metavar="FILE", help="case set, JSONL, or a bundled set by name: fixture (default), big")
     p.add_argument("--oracle", metavar="TRACE", help="oracle trace to use instead of running the oracle")
     p.add_argument("--cache", metavar="DIR", help="trace cache folder (default: .flipgate, or $FLIPGATE_CACHE)")
     p.add_argument("--refresh", action="store_true", help="recompute traces even if the cache has them")

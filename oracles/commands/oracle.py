@@ -54,7 +54,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    f"for these options ({', '.join(CONFIG_KEYS)})")
     p.add_argument("--model", metavar="DIR_OR_ID", help="checkpoint folder or a hub id in the local cache "
                    "(default: the bundled fixture model)")
-    p.add_argument("--cases", metavar="FILE", help="JSONL case file (default: the bundled case set)")
+    p.add_argument("--cases", metavar="FILE", help="JSONL case file, or a bundled set by name: fixture (default), big")
     p.add_argument("--dtype", choices=("bfloat16", "float32", "float16"),
                    help="precision of the oracle (default: bfloat16, the checkpoint's native precision)")
     p.add_argument("--device", choices=("cpu", "cuda", "mps", "auto"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from harness.caseset import check_verdicts_one_case_set
 from harness.errors import InputError
 
 DEFAULT_REPORT_DIR = "flipgate-reports"
@@ -17,7 +18,7 @@ def add_source_options(p, *, gates_help: str) -> None:
     src.add_argument("--config", metavar="F", help="flipgate.toml: gates (and recipes) that override or add to the defaults")
     src.add_argument("--gates", metavar="a,b|all", default="all", help=gates_help)
     src.add_argument("--model", metavar="DIR", help="oracle checkpoint folder (default: the bundled fixture model)")
-    src.add_argument("--cases", metavar="FILE", help="case set, JSONL (default: the bundled fixture cases)")
+    src.add_argument("--cases", metavar="FILE", help="case set, JSONL, or a bundled set by name: fixture (default), big")
     src.add_argument("--cache", metavar="DIR", help="trace cache folder (default: .flipgate, or $FLIPGATE_CACHE)")
     src.add_argument("--refresh", action="store_true", help="recompute traces even if the cache has them")
     p.add_argument("--all-positions", action="store_true", help="list matching positions too, not only flips")
@@ -43,6 +44,7 @@ def collect_verdicts(args, names: list[str] | None) -> list:
         from reports import load_verdicts
 
         verdicts = load_verdicts(args.verdicts)
+        check_verdicts_one_case_set(verdicts)  # side by side only if judged on one case set
         if names is None:
             return verdicts
         have = {v["gate"]: v for v in verdicts}
@@ -55,6 +57,7 @@ def collect_verdicts(args, names: list[str] | None) -> list:
 
     run = run_gates(names, config=args.config, model=args.model, cases=args.cases, cache_dir=args.cache,
                     refresh=args.refresh, quiet=args.quiet)
+    check_verdicts_one_case_set(list(run.verdicts.values()))
     return list(run.verdicts.values())
 
 

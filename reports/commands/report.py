@@ -28,7 +28,11 @@ def run(args) -> int:
     from reports import build_report, load_verdicts, render, write_report
     from reports.terminal import print_report
 
-    report = build_report(load_verdicts(args.verdicts), title=args.title, all_positions=args.all_positions)
+    from harness.caseset import check_verdicts_one_case_set
+
+    verdicts = load_verdicts(args.verdicts)
+    check_verdicts_one_case_set(verdicts)  # side by side only if judged on one case set
+    report = build_report(verdicts, title=args.title, all_positions=args.all_positions)
     if args.out:
         for path in write_report(args.out, report, args.format):
             print(path)

@@ -34,7 +34,12 @@ def test_default_trace(default_trace, oracle_bf16, fixture_model):
                 "transformers_version", "harness_version", "created_at"):
         assert meta[key], key
     assert meta["mode"] == "one-pass" and meta["min_margin"] == "0.1" and meta["margin_space"] == "prob"
-    assert json.loads(meta["case_set"]) == cs.ids and meta["case_set_sha256"] == cs.sha256
+    assert json.loads(meta["case_set"]) == cs.ids and meta["cases_file_sha256"] == cs.sha256
+    # the case set hash is of the ids and the sequences the trace holds, not of the file
+    from harness.caseset import case_set_sha256, trace_case_set_sha256
+
+    assert meta["case_set_sha256"] == case_set_sha256((c.case_id, c.input_ids) for c in t) \
+        == trace_case_set_sha256(t) != cs.sha256
     assert not default_trace.with_name(default_trace.name + ".parts").exists(), "work folder left behind"
 
     low = json.loads(meta["low_margin"])
