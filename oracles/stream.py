@@ -786,7 +786,7 @@ def run_streamed_oracle(*, model: str | Path | None = None, cases: str | Path | 
             tokenizer_sha256=tokenizer_sha256(model_dir), **oracle.metadata(),
             model_id=str(model) if model is not None else str(model_dir), device="cpu", mode="one-pass",
             min_margin=f"{min_margin:g}", margin_space="prob", low_margin=json.dumps(low),
-            confident_fraction=f"{frac:.6f}", case_set=json.dumps(case_set.ids), case_set_sha256=case_set.sha256,
+            confident_fraction=f"{frac:.6f}", case_set=json.dumps(case_set.ids), cases_file_sha256=case_set.sha256,
             cases_file=str(case_set.path), shard=shard or "", continuation=json.dumps(origin),
             sequences_from=str(source.path) if source is not None else "", head_passes=str(st.head_passes),
             peak_rss_bytes=str(st.peak_rss_bytes), largest_layer_bytes=str(st.largest_layer_bytes))

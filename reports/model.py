@@ -176,7 +176,6 @@ def one_line(v: Mapping) -> str:
             + bound_clause(v) + f"; evidence: {r['evidence']}")
 
 
-
 def bound_clause(v: Mapping) -> str:
     """'; 0 defects in 169 confident positions: the confident defect rate is below 1.76 % at 95 % …'
     for a verdict that states its bound (`defect_rate_upper_95`); empty for one that does not."""
