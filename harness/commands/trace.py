@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from ..cli import add_command
+from ..cli import add_command, input_path
 
 
 def register(sub) -> None:
     p = add_command(
         sub, "trace", help="validate flipgate.trace/1 files and print what they hold",
         example="flipgate trace oracle.safetensors candidate.safetensors")
-    p.add_argument("traces", nargs="+", metavar="TRACE", help="trace files to check")
+    input_path(p, "traces", nargs="+", metavar="TRACE", help="trace files to check")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from reports.escape import visible
+
     from ..trace import open_trace
 
     for path in args.traces:
@@ -22,5 +24,5 @@ def run(args) -> int:
               f"vocab={t.vocab_size} cases={len(t)}")
         for cid in t.case_ids:
             ids = t.input_ids(cid)
-            print(f"  {cid}: {len(ids)} tokens, {t.rows(cid)} scored rows ({t.logits_dtype(cid)})")
+            print(f"  {visible(cid)}: {len(ids)} tokens, {t.rows(cid)} scored rows ({t.logits_dtype(cid)})")
     return 0
