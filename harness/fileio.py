@@ -174,8 +174,20 @@ def _umask() -> int:
     return mask
 
 
+def _file_above(dest: Path) -> Path | None:
+    """The first existing ancestor of `dest` that is not a folder, if any."""
+    for parent in reversed(dest.parents):
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None
+
+
 def write_error(dest: str | os.PathLike, e: OSError) -> InputError:
     """The one-line error for an environment failure while writing `dest`."""
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
+        above = _file_above(Path(dest))
+        if above is not None:
+            return InputError(f"{dest}: {above} is a file, not a folder")
     what = e.strerror or str(e)
     hint = "; the old file, if any, is kept" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else ""
     return InputError(f"{dest}: cannot write ({what}){hint}")
@@ -232,8 +244,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    except FileExistsError:
-        raise InputError(f"{dest}: a part of this path is a file, not a folder") from None
     except OSError as e:
         raise write_error(dest, e) from None
     tmp_path = Path(tmp)
@@ -328,7 +338,10 @@ def check_output_path(path: str | os.PathLike, label: str = "--out") -> None:
     a folder that cannot be written, a block device or socket, a dangling symlink."""
     if str(path) == STDOUT:
         return
-    dest, how = resolve_output(path)
+    try:
+        dest, how = resolve_output(path)
+    except InputError as e:
+        raise InputError(f"{label} {e}") from None
     if how == "direct":
         return
     parent = dest.parent
