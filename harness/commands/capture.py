@@ -136,6 +136,10 @@ def run(args) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    if args.config:  # a bad recipe file fails before any model runs
+        from ..recipe import load_recipes
+
+        load_recipes(args.config)
     model_dir = resolve_model_dir(args.model)
     model_tok = tokenizer_sha256(model_dir)
     options = {"model": str(model_dir), "recipes": args.config, "mode": args.mode, "full": args.full,
