@@ -98,5 +98,6 @@ def render_csv(verdicts: list[Mapping]) -> str:
         if not (is_numeric_dtype(frame[col]) or is_bool_dtype(frame[col])):
             frame[col] = frame[col].map(csv_cell)
     buf = io.StringIO()
-    frame.to_csv(buf, index=False, lineterminator="\n")
+    # CRLF (RFC 4180): then a cell holding a carriage return is quoted too, not split into two rows
+    frame.to_csv(buf, index=False, lineterminator="\r\n")
     return buf.getvalue().encode("utf-8", "backslashreplace").decode("utf-8")
