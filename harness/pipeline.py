@@ -7,7 +7,7 @@ Cache layout (default `.flipgate/` in the working directory, or $FLIPGATE_CACHE)
     .flipgate/traces/<spec>-<key>.safetensors          key = oracle trace + candidate spec + recipe + mode
 
 Every trace is written to a temporary file and renamed, so a reader never sees half a trace. Each
-entry is computed under an exclusive lock (`<entry>.lock`, flock): two runs at once on one cache
+entry is computed under an exclusive lock (`.flipgate/locks/<entry>.lock`, flock): two runs at once on one cache
 compute it once — the second waits, then reuses it — and never share the oracle's `.parts/` folder.
 
 Given traces (`oracle=`, `candidate=`, `control=`) are judged as they are; models run only for
@@ -62,11 +62,13 @@ def _versions() -> dict[str, str]:
 
 @contextlib.contextmanager
 def _entry_lock(path: Path):
-    """Hold `<path>.lock` exclusively while the cache entry `path` is looked up and computed."""
+    """Hold `<cache>/locks/<entry>.lock` exclusively while the cache entry `path` is looked up and computed
+    (beside `traces/`, not in it: the traces folder holds traces only)."""
     import fcntl
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a+b") as f:
+    locks = path.parent.with_name("locks")
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / (path.name + ".lock"), "a+b") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield
