@@ -265,6 +265,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             if e.errno in _FULL:
                 raise write_error(dest, e) from None
             raise
+        _INPUTS.forget(tmp_path)  # a writer that re-reads its own temporary file made it no input
         try:
             _fsync_file(tmp_path)
             os.replace(tmp_path, dest)

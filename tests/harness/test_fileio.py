@@ -110,18 +110,31 @@ def test_a_fifo_is_written_into_not_replaced(tmp_path):
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # still a FIFO, not a regular file
 
 
+def private_device(folder: Path, name: str, minor: int) -> Path:
+    """A private node of the memory device (minor 3: null, 7: full), so that a regression replaces this
+    node, never the machine's /dev/null (main's write-then-rename did exactly that, as root)."""
+    node = folder / name
+    try:
+        os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, minor))
+    except (PermissionError, OSError):
+        pytest.skip("needs root (mknod) for a private character device")
+    return node
+
+
 def test_a_character_device_is_written_into_not_replaced(tmp_path):
-    before = os.lstat("/dev/null")
-    write_text_atomic("/dev/null", "discarded")
-    after = os.lstat("/dev/null")
+    null = private_device(tmp_path, "null", 3)
+    before = os.lstat(null)
+    write_text_atomic(null, "discarded")
+    after = os.lstat(null)
     assert stat.S_ISCHR(after.st_mode) and after.st_ino == before.st_ino and after.st_rdev == before.st_rdev
     link = tmp_path / "null-link"
-    link.symlink_to("/dev/null")
+    link.symlink_to(null)
     write_text_atomic(link, "discarded")
-    assert link.is_symlink() and stat.S_ISCHR(os.stat("/dev/null").st_mode)
-    with pytest.raises(InputError, match="No space left"):  # /dev/full: a device that is always full
-        write_text_atomic("/dev/full", "x")
-    assert stat.S_ISCHR(os.lstat("/dev/full").st_mode)
+    assert link.is_symlink() and stat.S_ISCHR(os.lstat(null).st_mode)
+    full = private_device(tmp_path, "full", 7)
+    with pytest.raises(InputError, match="No space left"):  # a device that is always full
+        write_text_atomic(full, "x")
+    assert stat.S_ISCHR(os.lstat(full).st_mode)
 
 
 def test_a_symlink_to_a_file_is_written_through_and_kept(tmp_path):
@@ -231,6 +244,17 @@ def test_atomic_path_refuses_an_input_recorded_during_the_run(tmp_path):
                 write_text_atomic(name, "overwritten")
         write_text_atomic(tmp_path / "other.txt", "fine")
     assert src.read_text() == "keep me"
+    with input_scope():  # a file this run wrote (and re-read to validate it) it may write again
+        from harness.trace import open_trace
+        from tests.helpers import make_case
+        from harness.trace import base_metadata, write_trace
+
+        trace = tmp_path / "t.safetensors"
+        for _ in range(2):
+            write_trace(trace, base_metadata(runner="t", variant="bf16", vocab_size=32), [make_case("a")])
+        open_trace(trace)
+        with pytest.raises(InputError, match="is an input of this run"):
+            write_trace(trace, base_metadata(runner="t", variant="bf16", vocab_size=32), [make_case("a")])
     write_text_atomic(src, "the scope is closed: a library caller may rewrite its file")
     assert src.read_text().startswith("the scope")
 
