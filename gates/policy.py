@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from harness.errors import InputError
+from harness.fileio import note_input
 
 MARGIN_SPACES = ("prob", "logit")
 REFERENCES = ("oracle", "fp32")
@@ -56,11 +57,14 @@ def bundled_gates_path() -> Path:
 
 
 def _read_toml(path: Path) -> dict:
+    note_input(path)  # this run must not overwrite it (harness.fileio)
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{path}: not valid TOML ({e})") from None
 

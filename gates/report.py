@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from harness.evidence import evidence_of, label
+from reports.escape import visible
 
 from .verdict import Verdict
 
@@ -60,7 +61,7 @@ def format_verdict(v: Verdict) -> str:
                      f"{'oracle top1/top2':>18s} {'candidate':>10s} {'control':>8s} {'cosine':>9s} {'KL':>9s}")
         for p in rows:
             lines.append(
-                f"  {p['case'][:16]:16s} {p['row']:4d} {p['position']:5d} {p.get('class_text') or p['class']:15s} "
+                f"  {visible(p['case'])[:16]:16s} {p['row']:4d} {p['position']:5d} {p.get('class_text') or p['class']:15s} "
                 f"{_num(p['margin'], '8.4f')} {str(p['oracle_top1']) + '/' + str(p['oracle_top2']):>18s} "
                 f"{_num(p['candidate_top1'], 'd'):>10s} {_num(p['control_top1'], 'd'):>8s} "
                 f"{_num(p['cosine'], '9.6f')} {_num(p['kl'], '9.3g')}")
@@ -74,5 +75,5 @@ def format_verdict(v: Verdict) -> str:
     return "\n".join(lines)
 
 
-def print_verdict(v: Verdict) -> None:
-    print(format_verdict(v))
+def print_verdict(v: Verdict, file=None) -> None:
+    print(format_verdict(v), file=file)

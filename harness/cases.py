@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from . import safejson
 from .errors import InputError
-from .fileio import sha256_file
+from .fileio import note_input, sha256_file
 
 DEFAULT_NEW_TOKENS = 16
 _KEYS = {"id", "prompt", "prompt_ids", "continuation", "continuation_ids", "new_tokens"}
@@ -188,6 +188,7 @@ def load_cases(path: str | os.PathLike | None = None) -> CaseSet:
     p = resolve_cases_path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such case file")
+    note_input(p)  # this run must not overwrite it (harness.fileio)
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import InputError
-from .fileio import sha256_file
+from .fileio import note_input, sha256_file
 
 DTYPES = ("bfloat16", "float32", "float16")
 SMALL_MODEL_HIDDEN = 1024  # at or below this hidden size a model runs on one torch thread (torch_threads)
@@ -50,6 +50,8 @@ def weight_files(model_dir: Path) -> list[Path]:
 
 
 def weights_sha256(model_dir: Path) -> dict[str, str]:
+    for f in weight_files(model_dir):
+        note_input(f)  # this run must not overwrite the weights (harness.fileio)
     return {f.name: sha256_file(f) for f in weight_files(model_dir)}
 
 

@@ -6,8 +6,9 @@ Cache layout (default `.flipgate/` in the working directory, or $FLIPGATE_CACHE)
     .flipgate/traces/oracle-<dtype>-<key>.safetensors  key = model weights + tokenizer + case set + dtype
     .flipgate/traces/<spec>-<key>.safetensors          key = oracle trace + candidate spec + recipe + mode
 
-Every trace is written to a temporary file and renamed, so two runs at once never corrupt the
-cache: at worst both compute the same trace and the last rename wins with identical content.
+Every trace is written to a temporary file and renamed, so a reader never sees half a trace. Each
+entry is computed under an exclusive lock (`.flipgate/locks/<entry>.lock`, flock): two runs at once on one cache
+compute it once — the second waits, then reuses it — and never share the oracle's `.parts/` folder.
 
 Given traces (`oracle=`, `candidate=`, `control=`) are judged as they are; models run only for
 what is not given, and only when the model's tokenizer is the one the given oracle was made with.
@@ -15,6 +16,7 @@ what is not given, and only when the model's tokenizer is the one the given orac
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -56,6 +58,22 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[dist] = "not installed"
     return out
+
+
+@contextlib.contextmanager
+def _entry_lock(path: Path):
+    """Hold `<cache>/locks/<entry>.lock` exclusively while the cache entry `path` is looked up and computed
+    (beside `traces/`, not in it: the traces folder holds traces only)."""
+    import fcntl
+
+    locks = path.parent.with_name("locks")
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / (path.name + ".lock"), "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _stderr(msg: str) -> None:
@@ -146,9 +164,13 @@ class Workspace:
                     cases.sha256, self.dtype, __version__, "case_set/1")
 
     def oracle_trace(self) -> Path:
+        path = self.traces_dir / f"oracle-{self.dtype}-{self.oracle_key()}.safetensors"
+        with _entry_lock(path):
+            return self._oracle_entry(path)
+
+    def _oracle_entry(self, path: Path) -> Path:
         from oracles.hf import run_oracle
 
-        path = self.traces_dir / f"oracle-{self.dtype}-{self.oracle_key()}.safetensors"
         if path.exists() and not self.refresh:
             self.say(f"oracle: cached {path}")
             return path
@@ -160,9 +182,7 @@ class Workspace:
         return out
 
     def candidate_trace(self, spec: str, oracle_path: Path, recipes_path: str | None = None) -> Path:
-        from .candidates import capture_to_trace, resolve, sequences_from_trace
-        from .models import model_provenance
-        from .trace import open_trace
+        from .candidates import resolve
 
         options = {"model": str(self.model_dir)}
         if recipes_path:
@@ -171,6 +191,14 @@ class Workspace:
         meta = candidate.metadata()
         key = _key("candidate", oracle_path.name, spec, meta.get("recipe", ""), meta.get("mode", ""), __version__)
         path = self.traces_dir / f"{_safe(spec)}-{key}.safetensors"
+        with _entry_lock(path):
+            return self._candidate_entry(spec, candidate, path, oracle_path)
+
+    def _candidate_entry(self, spec: str, candidate, path: Path, oracle_path: Path) -> Path:
+        from .candidates import capture_to_trace, sequences_from_trace
+        from .models import model_provenance
+        from .trace import open_trace
+
         if path.exists() and not self.refresh:
             self.say(f"{spec}: cached {path}")
             return path

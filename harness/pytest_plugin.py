@@ -168,6 +168,7 @@ class GateSession:
         self.verdict_paths: dict[str, Path] = {}
         self.report_path: Path | None = None
         self.error: str | None = None
+        self.internal_error = False     # the run crashed (a bug): exit 3, never read as a gate failure
         self.items: dict[str, list[GateItem]] = {}
         self.deselected: set[str] = set()
         self.failed_items: set[str] = set()
@@ -207,6 +208,12 @@ class GateSession:
         report_dir = Path(opt.gate_report_dir) if opt.gate_report_dir else cache_dir / "reports"
         if report_dir.exists() and not report_dir.is_dir():
             raise pytest.UsageError(f"--gate-report-dir {report_dir}: a file, not a folder")
+        from .fileio import check_output_dir
+
+        try:  # a folder under a file, or one that cannot be written: before the models run
+            check_output_dir(report_dir, "--gate-report-dir")
+        except FlipgateError as e:
+            raise pytest.UsageError(str(e)) from None
         return cls(config, names=names, gate_config=gate_config, cache_dir=cache_dir, report_dir=report_dir)
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
@@ -238,7 +245,9 @@ class GateSession:
             else:
                 import traceback
 
-                longrepr = "flipgate: the gate run failed\n" + traceback.format_exc()
+                self.internal_error = True
+                longrepr = "flipgate: internal error (a bug in flipgate), the gates were not judged\n" + \
+                    traceback.format_exc()
             self.error = longrepr.splitlines()[0]
             nodeid = f"gate[{','.join(self.names)}]"
             session.ihook.pytest_collectreport(report=pytest.CollectReport(nodeid, "failed", longrepr, []))
@@ -256,10 +265,16 @@ class GateSession:
             items.extend(new)
 
     def _run_gates(self) -> None:
-        from .pipeline import run_gates
+        from .fileio import input_scope
 
         opt = self.config.option
         self._progress(f"judging {', '.join(self.names)} (cache {self.cache_dir})")
+        with input_scope():  # nothing the run reads (given traces, cases, config) may be overwritten by it
+            self._judge(opt)
+
+    def _judge(self, opt) -> None:
+        from .pipeline import run_gates
+
         self.run = run_gates(
             self.names, config=str(self.gate_config or _bundled_gates()), model=opt.gate_model,
             cases=opt.gate_cases, cache_dir=str(self.cache_dir), refresh=opt.gate_refresh,
@@ -296,6 +311,9 @@ class GateSession:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus) -> None:
         # Every bound has an item, so a failed gate fails an item; should a future bound lack one,
         # the exit status still says FAIL (unless the user deselected some of the gate's items).
+        if self.internal_error:  # a crash is not a failed gate (1) nor a usage error (2)
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+            return
         if exitstatus != pytest.ExitCode.OK or self.run is None:
             return
         for name, verdict in self.run.verdicts.items():

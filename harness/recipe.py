@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import InputError
+from .fileio import note_input
 from .quants import DTYPE_BITS, SCHEMES, BlockQuant, scheme
 
 FORMAT = "flipgate.recipes/1"
@@ -216,6 +217,7 @@ def parse_recipes(text: str, source: str = "<string>", known: dict[str, Recipe] 
 def _load_file(path: Path, known: dict[str, Recipe] | None = None) -> dict[str, Recipe]:
     if not path.is_file():
         raise InputError(f"{path}: no such recipe file")
+    note_input(path)  # this run must not overwrite it (harness.fileio)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

@@ -31,7 +31,7 @@ from . import safejson
 from .cases import case_id_problem
 from .caseset import case_set_sha256
 from .errors import TraceError
-from .fileio import atomic_path
+from .fileio import atomic_path, note_input
 
 FORMAT = "flipgate.trace/1"
 REQUIRED_KEYS = ("format", "runner", "variant", "vocab_size", "cases")
@@ -214,6 +214,7 @@ def open_trace(path: str | os.PathLike) -> Trace:
     if not p.is_file():
         raise TraceError(p, "no such file" if not p.exists() else "not a regular file")
     size = p.stat().st_size
+    note_input(p)  # this run must not overwrite it (harness.fileio)
     with open(p, "rb") as f:
         head = f.read(8)
         if len(head) < 8:

@@ -37,6 +37,7 @@ from harness.errors import InputError, TraceError
 from harness.models import (DTYPES, load_causal_lm, load_tokenizer, model_provenance, read_config,
                             resolve_model_dir, tokenizer_sha256, weight_files)
 from harness.trace import CaseTrace, base_metadata, open_trace, write_trace
+from reports.escape import visible
 
 RUNNER = "hf"
 DEVICES = ("cpu", "cuda", "mps", "auto")
@@ -45,6 +46,7 @@ DEFAULT_MIN_MARGIN = 0.1
 DEFAULT_BATCH_SIZE = 1  # see the module doc: batching is opt-in
 _CAUSAL_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")
 _MANIFEST = "run.json"
+_CHECKSUMS = "part_sha256"  # run.json key: part file name -> sha256 of its bytes, for --resume
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,11 +360,14 @@ def _groups(indices: Iterable[int], key: Callable[[int], object], size: int) -> 
 
 
 class _Parts:
-    """`<out>.parts/`: one-case traces written as computed, plus run.json naming the run they belong to."""
+    """`<out>.parts/`: one-case traces written as computed, plus run.json naming the run they belong to
+    and the sha256 of every part written whole. --resume reuses a part only if its bytes still have
+    that checksum: a part truncated, corrupted or left half-written is computed again, never used."""
 
     def __init__(self, out: Path, identity: dict[str, str], resume: bool):
         self.dir = out.with_name(out.name + ".parts")
         self.identity = identity
+        self.checksums: dict[str, str] = {}
         manifest = self.dir / _MANIFEST
         if self.dir.exists() and not self.dir.is_dir():
             raise InputError(f"{self.dir}: exists and is not a folder (the oracle keeps its work there)")
@@ -373,6 +378,9 @@ class _Parts:
                 old = None
             if not isinstance(old, dict):
                 raise InputError(f"{manifest}: unreadable; delete {self.dir} to start afresh")
+            sums = old.pop(_CHECKSUMS, None)
+            if isinstance(sums, dict):
+                self.checksums = {k: v for k, v in sums.items() if isinstance(k, str) and isinstance(v, str)}
             for key in sorted(set(old) | set(identity)):
                 if old.get(key) != identity.get(key):
                     raise InputError(f"--resume: the parts in {self.dir} were made with another {key} "
@@ -381,9 +389,22 @@ class _Parts:
         elif self.dir.exists():
             self._clear()
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
         from harness.fileio import write_text_atomic
 
-        write_text_atomic(manifest, json.dumps(identity, indent=1, sort_keys=True) + "\n")
+        write_text_atomic(self.dir / _MANIFEST,
+                          json.dumps({**self.identity, _CHECKSUMS: self.checksums}, indent=1, sort_keys=True) + "\n")
+
+    def record(self, index: int) -> None:
+        """The part for case `index` is written whole: remember its checksum (the manifest is rewritten
+        atomically, so a part is either listed with the sha256 of its full bytes or not listed)."""
+        from harness.fileio import sha256_file
+
+        p = self.path(index)
+        self.checksums[p.name] = sha256_file(p)
+        self._write_manifest()
 
     def _clear(self) -> None:
         # only what an oracle run puts here
@@ -398,20 +419,29 @@ class _Parts:
 
     def load(self, index: int, case: Case):
         """A part already written for this case, or None (missing, unreadable, or another sequence)."""
+        from harness.fileio import forget_input, sha256_file
+
         p = self.path(index)
         if not p.is_file():
             return None
+        want_sum = self.checksums.pop(p.name, None)
+        if want_sum is None or sha256_file(p) != want_sum:
+            return None  # not known whole: computed again
+        self.checksums[p.name] = want_sum
         try:
             t = open_trace(p)
         except TraceError:
             return None
         if t.case_ids != [case.id]:
+            forget_input(p)  # opened, but it is to be computed again and replaced
+            del self.checksums[p.name]
             return None
         ids = t.input_ids(case.id)
         want = case.prompt_ids + (case.continuation_ids or ())
-        if tuple(int(x) for x in ids[:len(want)]) != want:
-            return None
-        if case.continuation_ids is None and len(ids) != len(case.prompt_ids) + case.new_tokens:
+        if tuple(int(x) for x in ids[:len(want)]) != want or (
+                case.continuation_ids is None and len(ids) != len(case.prompt_ids) + case.new_tokens):
+            forget_input(p)
+            del self.checksums[p.name]
             return None
         return t
 
@@ -443,11 +473,13 @@ def _progress(quiet: bool, total_cases: int, total_rows: int):
     if quiet or not sys.stderr.isatty():
         return None
     from rich.console import Console
+
+    from harness.cli import unescaped
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     prog = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                    console=Console(stderr=True), transient=False)
+                    console=Console(file=unescaped(sys.stderr)), transient=False)
     prog.start()
     prog.cases = prog.add_task("cases", total=total_cases, rate="")
     prog.rows = prog.add_task("positions", total=total_rows, rate="")
@@ -534,6 +566,7 @@ def run_oracle(*, model: str | os.PathLike | None = None, cases: str | os.PathLi
                                           low_margin=str(low_margin_count(case_rows, min_margin)),
                                           continuation="given" if given else "oracle-greedy")
                 write_trace(parts.path(index_of[case.id]), part_meta, [CaseTrace(case.id, case_ids, case_rows)])
+                parts.record(index_of[case.id])
                 if prog is not None:
                     prog.advance(prog.cases)
                     prog.advance(prog.rows, n_rows)
@@ -556,7 +589,7 @@ def run_oracle(*, model: str | os.PathLike | None = None, cases: str | os.PathLi
         low[c.id] = n_low
         total += t.rows(c.id)
         sources.append((p, c.id))
-        say(f"{c.id:<24} {t.rows(c.id):>5} {n_low:>10}  {t.metadata.get('continuation', '')}")
+        say(f"{visible(c.id):<24} {t.rows(c.id):>5} {n_low:>10}  {t.metadata.get('continuation', '')}")
     n_low = sum(low.values())
     confident = total - n_low
     frac = confident / total if total else 0.0

@@ -1,5 +1,10 @@
 """The machine-readable renderers: JSON (the verdict schema itself) and CSV (pandas, one row per
-gate × position). Token text stays raw here — these are data, not pages — and round-trips exactly.
+gate × position). Token text stays raw in the JSON — data, not a page — and round-trips exactly.
+
+CSV is opened in spreadsheets, which run a cell starting with `=`, `+`, `-` or `@` (or a tab or
+carriage return before one) as a formula: a text cell starting so is written with a leading `'`
+(OWASP's advice; spreadsheets show the text as it was). Numbers are numbers, never touched: a
+negative cosine stays `-0.5`.
 """
 
 from __future__ import annotations
@@ -74,7 +79,25 @@ def positions_frame(verdicts: list[Mapping]):
     return frame
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet will not run: text starting like a formula gets a leading `'`."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def render_csv(verdicts: list[Mapping]) -> str:
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    frame = positions_frame(verdicts)
+    for col in frame.columns:
+        # text columns only: numeric ones hold numbers, not formulas
+        if not (is_numeric_dtype(frame[col]) or is_bool_dtype(frame[col])):
+            frame[col] = frame[col].map(csv_cell)
     buf = io.StringIO()
-    positions_frame(verdicts).to_csv(buf, index=False, lineterminator="\n")
+    # CRLF (RFC 4180): then a cell holding a carriage return is quoted too, not split into two rows
+    frame.to_csv(buf, index=False, lineterminator="\r\n")
     return buf.getvalue().encode("utf-8", "backslashreplace").decode("utf-8")

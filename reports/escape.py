@@ -17,6 +17,7 @@ sees exactly what the token holds and the page or terminal is never steered by i
 from __future__ import annotations
 
 import html
+import re
 import unicodedata
 
 _NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
@@ -97,3 +98,22 @@ def md_text(s: str) -> str:
         else:
             out.append(c)
     return "".join(out)
+
+
+# What may not reach a terminal raw: C0 controls but tab, newline, carriage return and backspace
+# (layout, which progress bars use; data fields go through `visible()`, which spells those out
+# too), DEL and the C1 controls (ESC and CSI start the sequences that recolour, retitle, move the
+# cursor or write the clipboard), bidi and zero-width format characters (they reorder or hide what
+# is shown) and lone surrogates (not encodable: the print itself would crash).
+_TERMINAL_UNSAFE = re.compile("[\x00-\x07\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e"
+                              "\u2060-\u2069\ufeff\ud800-\udfff]")
+
+
+def terminal(text: object) -> str:
+    """Text for a terminal line: every character that could steer the terminal spelled out as in
+    `visible()`; the rest — backslashes, newlines, ⟨ — left alone, so already-visible text is unchanged.
+
+    The flipgate CLI passes everything it writes to standard output and standard error through
+    this (harness.cli), whatever printed it: a case id, a prompt, a path or an exception message.
+    """
+    return _TERMINAL_UNSAFE.sub(lambda m: _char(m.group()), str(text))

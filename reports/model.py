@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 
 from gates.verdict import CLASSES, SCHEMA, SUMMARY_KEYS, check_verdict  # the one reading of the schema
 from harness.errors import InputError
+from harness.fileio import note_input
 
 from .escape import context, token, visible
 
@@ -38,6 +39,7 @@ def load_verdict_file(path: str | os.PathLike) -> list[dict]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such verdict file")
+    note_input(p)  # this run must not overwrite it (harness.fileio)
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:

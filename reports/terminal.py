@@ -25,6 +25,10 @@ def _console(file: TextIO | None, width: int | None, colour: bool | None):
     if width is None and not (hasattr(target, "isatty") and target.isatty()):
         width = 160  # piped or logged (CI): rich's 80-column default folds the tables a word a line
 
+    if file is None:  # the text is escaped here (visible()); the CLI's terminal escaping would break the styling
+        from harness.cli import unescaped
+
+        file = unescaped(sys.stdout)
     return Console(file=file, width=width, force_terminal=colour, no_color=colour is False, markup=False,
                    highlight=False, emoji=False, soft_wrap=False)
 

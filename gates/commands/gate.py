@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.cli import add_command
+from harness.cli import add_command, input_path, output_path
 
 
 def register(sub) -> None:
@@ -15,26 +15,28 @@ def register(sub) -> None:
         example="flipgate gate int8hu --oracle oracle.safetensors --candidate int8hu.safetensors \\\n"
                 "    --control fp16.safetensors --json int8hu.verdict.json")
     p.add_argument("gate", metavar="NAME", help="gate name (see --list)", nargs="?")
-    p.add_argument("--oracle", metavar="TRACE", help="oracle trace (flipgate.trace/1)")
-    p.add_argument("--candidate", metavar="TRACE", help="candidate trace")
+    input_path(p, "--oracle", metavar="TRACE", help="oracle trace (flipgate.trace/1)")
+    input_path(p, "--candidate", metavar="TRACE", help="candidate trace")
     ctrl = p.add_mutually_exclusive_group()
-    ctrl.add_argument("--control", metavar="TRACE", help="control trace (the gate's control, e.g. fp16)")
+    input_path(ctrl, "--control", metavar="TRACE", help="control trace (the gate's control, e.g. fp16)")
     ctrl.add_argument("--no-control", action="store_true",
                       help="judge without the gate's control: every confident flip is then a defect")
-    p.add_argument("--json", metavar="OUT", help="write the verdict (flipgate.verdict/1) here")
-    p.add_argument("--config", metavar="TOML", help="gate definitions overriding the bundled ones "
+    output_path(p, "--json", metavar="OUT", stdout=True,
+                help="write the verdict (flipgate.verdict/1) here ('-': standard output, the summary then "
+                     "goes to standard error)")
+    input_path(p, "--config", metavar="TOML", help="gate definitions overriding the bundled ones "
                                                     "(default: ./flipgate.toml if present)")
     p.add_argument("--min-margin", type=float, metavar="X", help="override the gate's min_margin")
     p.add_argument("--margin-space", choices=("prob", "logit"), help="override the gate's margin_space")
     p.add_argument("--max-defects", type=int, metavar="N", help="override the gate's max_defects")
     p.add_argument("--min-cosine", type=float, metavar="X", help="override the gate's min_cosine")
     p.add_argument("--max-kl", metavar="X", help="override the gate's max_kl ('none' removes it)")
-    p.add_argument("--oracle-fp32", metavar="TRACE",
+    input_path(p, "--oracle-fp32", metavar="TRACE",
                    help="a float32 oracle trace of the same sequences (flipgate oracle --stream): each "
                         "oracle-artifact is then confirmed by fp32 or not (overrides the gate's oracle_fp32)")
     p.add_argument("--reference", choices=("oracle", "fp32"),
                    help="override the gate's reference: fp32 judges against the --oracle-fp32 trace outright")
-    p.add_argument("--tokenizer", metavar="DIR",
+    input_path(p, "--tokenizer", kind="any", metavar="DIR",
                    help="folder with tokenizer.json, to show tokens as text (hash checked against the traces)")
     p.add_argument("--list", action="store_true", help="list the defined gates and exit")
     p.set_defaults(func=run)
@@ -87,6 +89,7 @@ def _decoder(tokenizer_dir, traces):
 
 
 def run(args) -> int:
+    import sys
     from dataclasses import replace
 
     from harness.errors import InputError
@@ -129,8 +132,10 @@ def run(args) -> int:
         decode = _decoder(args.tokenizer, [t for t in (oracle, candidate, control) if t is not None])
     oracle_fp32 = open_trace(args.oracle_fp32) if args.oracle_fp32 else None
     verdict = evaluate(oracle, candidate, control, policy=policy, decode=decode, oracle_fp32=oracle_fp32)
-    print_verdict(verdict)
+    to_stdout = args.json == "-"
+    print_verdict(verdict, file=sys.stderr if to_stdout else None)  # stdout carries the JSON then
     if args.json:
         verdict.write(args.json)
-        print(f"verdict written to {args.json}")
+        if not to_stdout:
+            print(f"verdict written to {args.json}")
     return 0 if verdict else 1

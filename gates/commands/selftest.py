@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.cli import add_command
+from harness.cli import add_command, input_path
 
 
 def register(sub) -> None:
@@ -14,11 +14,11 @@ def register(sub) -> None:
                     "the oracle plus noise below every threshold — and run the real gate on each. Exit 0 if every "
                     "verdict is right, 1 if any is wrong (a harness bug), 2 on bad input.",
         example="flipgate selftest\nflipgate selftest --oracle oracle.safetensors --gate int8hu")
-    p.add_argument("--oracle", metavar="TRACE", help="oracle trace to build the probes from "
+    input_path(p, "--oracle", metavar="TRACE", help="oracle trace to build the probes from "
                                                      "(default: a synthetic bf16 oracle)")
     p.add_argument("--gate", default="int8hu", metavar="NAME",
                    help="gate whose margin rule and bounds the probes use (default: int8hu)")
-    p.add_argument("--config", metavar="TOML", help="gate definitions (default: ./flipgate.toml if present)")
+    input_path(p, "--config", metavar="TOML", help="gate definitions (default: ./flipgate.toml if present)")
     p.add_argument("--max-cases", type=int, default=3, metavar="N",
                    help="use the oracle's first N cases (default: 3)")
     p.set_defaults(func=run)

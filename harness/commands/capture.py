@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sys
 
-from ..cli import add_command
+from ..cli import add_command, input_path, output_path
 
 EXAMPLE = """\
 flipgate capture int8hu --oracle oracle.safetensors --out int8hu.safetensors
@@ -52,12 +52,12 @@ def register(sub) -> None:
     p = add_command(sub, "capture", help="run a candidate (emulated variant or Core AI bundle) and write its trace",
                     description=DESCRIPTION, example=EXAMPLE)
     p.add_argument("spec", metavar="SPEC", help="variant (recipe name) or runner:ARG, e.g. int8hu, coreai:DIR")
-    p.add_argument("--config", metavar="F", help="a recipe file (TOML, e.g. flipgate.toml) adding to the bundled recipes")
-    p.add_argument("--model", metavar="DIR", help="the fp16/bf16 checkpoint folder (default: the bundled fixture model)")
+    input_path(p, "--config", metavar="F", help="a recipe file (TOML, e.g. flipgate.toml) adding to the bundled recipes")
+    input_path(p, "--model", kind="any", metavar="DIR", help="the fp16/bf16 checkpoint folder (default: the bundled fixture model)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--oracle", metavar="TRACE", help="take token sequences and scored rows from this oracle trace")
-    src.add_argument("--cases", metavar="FILE", help="take them from this case file (JSONL, or a bundled set by name: fixture, big; default: fixture)")
-    p.add_argument("--out", metavar="TRACE", help="trace to write (default: candidate-SPEC.safetensors)")
+    input_path(src, "--oracle", metavar="TRACE", help="take token sequences and scored rows from this oracle trace")
+    input_path(src, "--cases", kind="cases", metavar="FILE", help='take them from this case file (JSONL, or a bundled set by name: fixture, big; default: fixture)')
+    output_path(p, "--out", metavar="TRACE", help="trace to write (default: candidate-SPEC.safetensors)")
     p.add_argument("--full", action="store_true", help="one causal pass per case instead of S=1 steps (emulated)")
     p.add_argument("--mode", choices=("fast", "coreai-opt"), default="fast",
                    help="emulated quantization: fast (materialized weights, default) or coreai-opt (eager)")
@@ -98,12 +98,14 @@ class _Watched:
     def run(self, sequences):
         import numpy as np
 
+        from reports.escape import visible
+
         for i, case in enumerate(self._c.run(sequences), start=1):
             bad = int((~np.isfinite(np.asarray(case.logits, dtype=np.float32))).any(axis=1).sum())
             if bad:
                 self.nonfinite[case.case_id] = bad
             self.rows += case.rows
-            self.say(f"  [{i}/{self.total}] {case.case_id}: {case.rows} rows" + (f", {bad} with Inf/NaN" if bad else ""))
+            self.say(f"  [{i}/{self.total}] {visible(case.case_id)}: {case.rows} rows" + (f", {bad} with Inf/NaN" if bad else ""))
             yield case
 
 
@@ -139,6 +141,12 @@ def run(args) -> int:
     from ..trace import open_trace
 
     say = lambda msg: _say(args, msg)  # noqa: E731
+    if args.out is None:  # the default name must not be an input either (checked before any work)
+        from ..fileio import check_output_path, check_outputs
+
+        check_output_path(default_out(args.spec))
+        check_outputs({"--out (default)": default_out(args.spec)},
+                      {"--oracle": args.oracle, "--cases": args.cases, "--config": args.config})
     if args.threads is not None:
         if args.threads < 1:
             raise InputError(f"--threads {args.threads}: expected a positive number of threads")
@@ -149,6 +157,10 @@ def run(args) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    if args.config:  # a bad recipe file fails before any model runs
+        from ..recipe import load_recipes
+
+        load_recipes(args.config)
     model_dir = resolve_model_dir(args.model)
     model_tok = tokenizer_sha256(model_dir)
     if args.max_memory is not None and not args.stream:
@@ -188,7 +200,9 @@ def run(args) -> int:
     say(f"wrote {out}: {len(sequences)} cases, {watched.rows} rows in {took:.1f} s")
     if watched.nonfinite:
         bad = sum(watched.nonfinite.values())
-        where = ", ".join(f"{c} ({n})" for c, n in watched.nonfinite.items())
+        from reports.escape import visible
+
+        where = ", ".join(f"{visible(c)} ({n})" for c, n in watched.nonfinite.items())
         print(f"flipgate capture: warning: {bad} of {watched.rows} rows hold Inf/NaN (fp16 overflow?) in "
               f"{where}; the gate counts them invalid", file=sys.stderr)
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..cli import add_command
+from ..cli import add_command, input_path, output_dir, output_path
 
 EXAMPLE = """\
 flipgate import greeting.logits.json --oracle oracle.safetensors --variant int8hu --out int8hu-coreai.safetensors
@@ -20,16 +20,16 @@ def register(sub) -> None:
                     "trace (--oracle) or the case file (--cases, tokenized with --model's tokenizer). "
                     "--emit-raw-tokens writes the --raw-tokens files and a script to run on the Mac.",
         example=EXAMPLE)
-    p.add_argument("logits", nargs="*", metavar="LOGITS.json", help="llm-runner --save-logits files, one per case")
+    input_path(p, "logits", nargs="*", metavar="LOGITS.json", help="llm-runner --save-logits files, one per case")
     p.add_argument("--case", action="append", dest="case_ids", metavar="ID",
                    help="the case of each file, in order (default: from file names, CASE.logits.json)")
-    p.add_argument("--oracle", metavar="TRACE", help="the oracle trace whose sequences the dumps were made from")
-    p.add_argument("--cases", metavar="FILE", help="the JSONL case file the dumps were made from")
-    p.add_argument("--model", metavar="DIR", help="with --cases: the oracle checkpoint whose tokenizer made the "
+    input_path(p, "--oracle", metavar="TRACE", help="the oracle trace whose sequences the dumps were made from")
+    input_path(p, "--cases", metavar="FILE", help="the JSONL case file the dumps were made from")
+    input_path(p, "--model", kind="any", metavar="DIR", help="with --cases: the oracle checkpoint whose tokenizer made the "
                    "token ids (default: the bundled fixture model)")
     p.add_argument("--variant", default="coreai", help="the variant the dumps are gated as (default: coreai)")
-    p.add_argument("--out", metavar="TRACE", help="trace to write")
-    p.add_argument("--emit-raw-tokens", metavar="DIR", help="instead: write DIR/CASE.tokens.json for each case "
+    output_path(p, "--out", metavar="TRACE", help="trace to write")
+    output_dir(p, "--emit-raw-tokens", metavar="DIR", help="instead: write DIR/CASE.tokens.json for each case "
                    "(or each --case) and DIR/run-llm-runner.sh that runs llm-runner on them")
     p.set_defaults(func=run)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..cli import add_command
+from ..cli import add_command, input_path
 
 EXAMPLE = """\
 flipgate inspect ~/bundles/Qwen3.6-27B-int8hu --model ~/models/Qwen3.6-27B --variant int8hu
@@ -18,10 +18,10 @@ def register(sub) -> None:
                     "With --variant, refuse (exit 2) a variant the storage contradicts: metadata.json may say "
                     "compression: null for an int8 bundle, the storage does not lie.",
         example=EXAMPLE)
-    p.add_argument("bundle", metavar="BUNDLE_DIR")
-    p.add_argument("--model", metavar="DIR", help="the oracle checkpoint (default: the bundled fixture model)")
+    input_path(p, "bundle", kind="dir", metavar="BUNDLE_DIR")
+    input_path(p, "--model", kind="any", metavar="DIR", help="the oracle checkpoint (default: the bundled fixture model)")
     p.add_argument("--variant", help="check that the asset's storage fits this variant's recipe")
-    p.add_argument("--config", metavar="F", help="a recipes file adding to the bundled recipes")
+    input_path(p, "--config", metavar="F", help="a recipes file adding to the bundled recipes")
     p.add_argument("--no-audit", action="store_true", help="skip the asset audit (metadata and tokenizer only)")
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
     p.set_defaults(func=run)
@@ -79,7 +79,9 @@ def run(args) -> int:
         if vcheck is not None:
             doc["variant_check"] = {"variant": vcheck.variant, "ok": vcheck.ok, "reason": vcheck.reason,
                                     "expected": vcheck.expected, "found": vcheck.found}
-        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        from ..cli import write_data
+
+        write_data(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     else:
         print(f"{bundle.path}: Core AI LanguageBundle {md.name!r} (metadata {md.metadata_version})")
         print(f"  vocab {md.vocab_size}, context {md.max_context_length or 'unspecified'}, asset {md.assets['main']}")

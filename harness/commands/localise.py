@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..cli import add_command
+from ..cli import add_command, input_path, output_dir, output_path
 
 DEFAULT_REPORT_DIR = "flipgate-reports"
 
@@ -45,24 +45,24 @@ def register(sub) -> None:
     p = add_command(sub, "localise", help="find the quantized modules behind each defect and a recipe that removes them",
                     description=DESCRIPTION, example=EXAMPLE)
     p.add_argument("gate", metavar="GATE", help="a gate whose candidate is a recipe (e.g. int4lin)")
-    p.add_argument("--config", metavar="F", help="flipgate.toml: gates and recipes adding to the bundled ones")
+    input_path(p, "--config", metavar="F", help="flipgate.toml: gates and recipes adding to the bundled ones")
     p.add_argument("--safe", metavar="RECIPE", default="fp16",
                    help="the recipe a restored module takes its weight from (default: fp16)")
     p.add_argument("--budget", type=int, metavar="N", default=None,
                    help="at most N trial runs, one restoration decoded over one case (default: 200)")
-    p.add_argument("--model", metavar="DIR", help="checkpoint folder (default: the bundled fixture model)")
-    p.add_argument("--cases", metavar="FILE", help="case set, JSONL, or a bundled set by name: fixture (default), big")
-    p.add_argument("--oracle", metavar="TRACE", help="oracle trace to use instead of running the oracle")
+    input_path(p, "--model", kind="any", metavar="DIR", help="checkpoint folder (default: the bundled fixture model)")
+    input_path(p, "--cases", kind="cases", metavar="FILE", help='case set, JSONL, or a bundled set by name: fixture (default), big')
+    input_path(p, "--oracle", metavar="TRACE", help="oracle trace to use instead of running the oracle")
     p.add_argument("--cache", metavar="DIR", help="trace cache folder (default: .flipgate, or $FLIPGATE_CACHE)")
     p.add_argument("--refresh", action="store_true", help="recompute traces even if the cache has them")
     p.add_argument("--name", metavar="NAME", help="name of the suggested recipe and its gate (default: GATE's "
                                                    "candidate + '-localised')")
     p.add_argument("--no-verify", action="store_true",
                    help="do not capture the suggested recipe over the whole case set and judge it")
-    p.add_argument("--report-dir", metavar="DIR", default=DEFAULT_REPORT_DIR,
+    output_dir(p, "--report-dir", metavar="DIR", default=DEFAULT_REPORT_DIR,
                    help=f"where the new report folder goes (default: {DEFAULT_REPORT_DIR})")
-    p.add_argument("--json", metavar="OUT", help="also write the record (flipgate.localise/1) here")
-    p.add_argument("--out-recipe", metavar="OUT", help="also write the suggested recipe file here")
+    output_path(p, "--json", metavar="OUT", help="also write the record (flipgate.localise/1) here")
+    output_path(p, "--out-recipe", metavar="OUT", help="also write the suggested recipe file here")
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch threads while decoding (default: 1 for a small model, else torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.cli import add_command
+from harness.cli import add_command, input_path, output_path
 
 
 def register(sub) -> None:
@@ -12,8 +12,8 @@ def register(sub) -> None:
                     "order. Refuses traces whose model, tokenizer, precision or case set differ, a case "
                     "found in two shards, and a missing shard.",
         example="flipgate merge oracle-0.safetensors oracle-1.safetensors --out oracle.safetensors")
-    p.add_argument("traces", nargs="+", metavar="TRACE", help="shard traces, in any order")
-    p.add_argument("--out", required=True, metavar="TRACE", help="merged trace to write")
+    input_path(p, "traces", nargs="+", metavar="TRACE", help="shard traces, in any order")
+    output_path(p, "--out", required=True, metavar="TRACE", help="merged trace to write")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(func=run)
 

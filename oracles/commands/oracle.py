@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness.cli import add_command
+from harness.cli import add_command, input_path, output_path
 
 # config key -> (type check, is a path relative to the config file)
 CONFIG_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
@@ -50,18 +50,18 @@ def register(sub) -> None:
 
 def add_options(p: argparse.ArgumentParser) -> None:
     # defaults are None here so that a config file can supply them; oracle_options fills the rest
-    p.add_argument("--config", metavar="F", help="a flipgate.toml whose [oracle] table gives defaults "
+    input_path(p, "--config", metavar="F", help="a flipgate.toml whose [oracle] table gives defaults "
                    f"for these options ({', '.join(CONFIG_KEYS)})")
-    p.add_argument("--model", metavar="DIR_OR_ID", help="checkpoint folder or a hub id in the local cache "
+    input_path(p, "--model", kind="any", metavar="DIR_OR_ID", help="checkpoint folder or a hub id in the local cache "
                    "(default: the bundled fixture model)")
-    p.add_argument("--cases", metavar="FILE", help="JSONL case file, or a bundled set by name: fixture (default), big")
+    input_path(p, "--cases", kind="cases", metavar="FILE", help="JSONL case file, or a bundled set by name: fixture (default), big")
     p.add_argument("--dtype", choices=("bfloat16", "float32", "float16"),
                    help="precision of the oracle (default: bfloat16, the checkpoint's native precision)")
     p.add_argument("--device", choices=("cpu", "cuda", "mps", "auto"),
                    help="where to run (default: cpu); auto = accelerate's device_map: GPUs, then CPU, then disk")
     p.add_argument("--max-memory", metavar="SPEC", help="with --device auto: per-device budget, e.g. 0=20GiB,cpu=60GiB; "
                    "with --stream: one size, e.g. 8GiB (checked before any weight is read)")
-    p.add_argument("--out", metavar="TRACE", help="trace to write (default: oracle-<dtype>[-shard-i-of-n].safetensors)")
+    output_path(p, "--out", metavar="TRACE", help="trace to write (default: oracle-<dtype>[-shard-i-of-n].safetensors)")
     p.add_argument("--stepwise", action="store_true", default=None,
                    help="compute rows token by token through the model's cache (S=1, as the device does)")
     p.add_argument("--shard", metavar="I/N", help="compute every N-th case starting at I (0-based); join with flipgate merge")
@@ -78,7 +78,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", action="store_true", default=None,
                    help="float32 only: run the checkpoint one decoder layer at a time from the memory-mapped "
                         "safetensors files (about one layer in memory, same logits as in-memory float32)")
-    p.add_argument("--sequences", metavar="TRACE", help="with --stream: teacher-force this trace's sequences "
+    input_path(p, "--sequences", metavar="TRACE", help="with --stream: teacher-force this trace's sequences "
                    "(e.g. the bf16 oracle's) for cases that give no continuation")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
@@ -96,6 +96,8 @@ def _config_table(path: str) -> tuple[dict, Path]:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{p}: malformed TOML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     table = data.get("oracle", {})
     if not isinstance(table, dict):
         raise InputError(f"{p}: 'oracle' must be a table ([oracle])")
@@ -141,6 +143,7 @@ def run(args) -> int:
     if getattr(args, "stream", None) and args.dtype is None:
         args.dtype = "float32"  # --stream is the float32 oracle
     opts = oracle_options(args)
+    _check_resolved_paths(opts, args)
     _quiet_libraries(opts["quiet"] or not sys.stderr.isatty())
     stream, sequences = opts.pop("stream"), opts.pop("sequences")
     if stream:
@@ -154,6 +157,16 @@ def run(args) -> int:
         raise InputError("--sequences applies to --stream only")
     run_oracle(**opts)
     return 0
+
+
+def _check_resolved_paths(opts: dict, args) -> None:
+    """The output as resolved (a default name, or one from the config file) against every input,
+    before the model is loaded: the command line's own paths were checked by harness.cli already."""
+    from harness.fileio import check_output_path, check_outputs
+
+    check_output_path(opts["out"])
+    check_outputs({"--out": opts["out"]}, {"--cases": opts["cases"], "--sequences": opts["sequences"],
+                                           "--config": args.config, "--model": opts["model"]})
 
 
 def _quiet_libraries(no_bars: bool) -> None:

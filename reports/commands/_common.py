@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from harness.caseset import check_verdicts_one_case_set
+from harness.cli import input_path
 from harness.errors import InputError
 
 DEFAULT_REPORT_DIR = "flipgate-reports"
@@ -13,12 +14,12 @@ _RUN_OPTIONS = ("config", "model", "cases", "cache", "refresh")
 
 def add_source_options(p, *, gates_help: str) -> None:
     src = p.add_argument_group("what to report (saved verdicts, or run the gates)")
-    src.add_argument("--verdicts", nargs="+", metavar="V.json",
+    input_path(src, "--verdicts", nargs="+", metavar="V.json",
                      help="render these saved verdict files; nothing is run (a comparison's or sign-off's JSON works too)")
-    src.add_argument("--config", metavar="F", help="flipgate.toml: gates (and recipes) that override or add to the defaults")
+    input_path(src, "--config", metavar="F", help="flipgate.toml: gates (and recipes) that override or add to the defaults")
     src.add_argument("--gates", metavar="a,b|all", default="all", help=gates_help)
-    src.add_argument("--model", metavar="DIR", help="oracle checkpoint folder (default: the bundled fixture model)")
-    src.add_argument("--cases", metavar="FILE", help="case set, JSONL, or a bundled set by name: fixture (default), big")
+    input_path(src, "--model", kind="any", metavar="DIR", help="oracle checkpoint folder (default: the bundled fixture model)")
+    input_path(src, "--cases", kind="cases", metavar="FILE", help="case set, JSONL, or a bundled set by name: fixture (default), big")
     src.add_argument("--cache", metavar="DIR", help="trace cache folder (default: .flipgate, or $FLIPGATE_CACHE)")
     src.add_argument("--refresh", action="store_true", help="recompute traces even if the cache has them")
     p.add_argument("--all-positions", action="store_true", help="list matching positions too, not only flips")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.cli import add_command
+from harness.cli import add_command, output_dir
 
 from ._common import DEFAULT_REPORT_DIR, add_source_options, collect_verdicts, gate_list, say
 
@@ -20,7 +20,7 @@ def register(sub) -> None:
                 "flipgate compare --gates int8hu,fp16,int4lin --model ~/ckpt/Qwen3.6-27B --cases cases.jsonl\n"
                 "flipgate compare --verdicts int8hu.json fp16.json --format md")
     add_source_options(p, gates_help="gates to compare (default: all defined gates)")
-    p.add_argument("--report-dir", metavar="DIR", default=DEFAULT_REPORT_DIR,
+    output_dir(p, "--report-dir", metavar="DIR", default=DEFAULT_REPORT_DIR,
                    help=f"where the report folder goes (default: {DEFAULT_REPORT_DIR})")
     p.add_argument("--format", choices=FORMATS, default="terminal",
                    help="what to print on standard output (the folder always holds every format)")
@@ -29,8 +29,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import sys
-
+    from harness.cli import write_data
     from reports import build_report, render, write_comparison
     from reports.terminal import print_report
 
@@ -42,6 +41,6 @@ def run(args) -> int:
             print_report(report)
         print(f"report folder: {folder}  (open {files['html']})")
     else:
-        sys.stdout.write(render(report, args.format))
+        write_data(render(report, args.format))
         say(args, f"report folder: {folder}")
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.cli import add_command
+from harness.cli import add_command, output_dir
 
 from ._common import add_source_options, collect_verdicts, gate_list
 
@@ -18,7 +18,7 @@ def register(sub) -> None:
         example="flipgate signoff int8hu --report-dir release/\n"
                 "flipgate signoff int8hu --report-dir release/ --verdicts int8hu.json fp16.json")
     p.add_argument("gate", metavar="NAME", help="the gate to sign off")
-    p.add_argument("--report-dir", metavar="D", required=True, help="folder that collects sign-offs")
+    output_dir(p, "--report-dir", metavar="D", required=True, help="folder that collects sign-offs")
     add_source_options(p, gates_help="gates shown beside NAME in the comparison (default: all defined gates)")
     p.add_argument("--title", help="the report's title (default: 'flipgate sign-off: NAME')")
     p.set_defaults(func=run)

@@ -55,7 +55,7 @@ def test_overrides_reach_the_verdict(scenario, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["int9", "--oracle", "X", "--candidate", "X"], "unknown gate 'int9' (valid gates: fp16, int8lin, int8hu"),
+    (["int9", "--oracle", "{oracle}", "--candidate", "{fp16}"], "unknown gate 'int9' (valid gates: fp16, int8lin, int8hu"),
     (["int8hu", "--oracle", "{oracle}"], "--oracle TRACE and --candidate TRACE are required"),
     (["int8hu", "--oracle", "{oracle}", "--candidate", "{int8hu}"], "--control TRACE, or --no-control"),
     (["fp16", "--oracle", "{oracle}", "--candidate", "/nonexistent.safetensors"], "/nonexistent.safetensors: no such file"),

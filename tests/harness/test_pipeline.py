@@ -166,3 +166,38 @@ def test_disagreeing_traces_are_an_input_error_naming_the_file(qwen36, tmp_path)
                         [make_case("elsewhere", vocab=256)])
     with pytest.raises(InputError, match=f"{other}.*case '{QWEN36_CASE}' of the oracle is missing"):
         run_gates(["int8hu"], oracle=str(qwen36["oracle"]), candidate=str(other))
+
+
+# ---- two runs at once on one cache ----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_concurrent_compare_runs_leave_a_consistent_cache(tmp_path):
+    """Two real `flipgate compare` processes on one fresh cache: each entry is computed once (the other
+    run waits on its lock, then reuses it), both succeed, and every cached trace reads."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "harness.cli", "compare", "--gates", "fp16", "--cache", str(cache),
+           "--report-dir", str(tmp_path / "reports")]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+             for _ in range(2)]
+    results = [p.communicate(timeout=900) for p in procs]
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err
+    logs = "".join(err for _, err in results)
+    for entry in ("oracle", "fp16"):  # computed by one run, reused by the other
+        assert logs.count(f"{entry}: running") == 1 and logs.count(f"{entry}: cached") == 1, logs
+    traces = sorted(p.name for p in (cache / "traces").iterdir() if p.suffix == ".safetensors")
+    assert len(traces) == 2 and traces[0].startswith("fp16-") and traces[1].startswith("oracle-"), traces
+    for name in traces:
+        open_trace(cache / "traces" / name)
+    leftovers = [p.name for p in (cache / "traces").iterdir() if p.name.endswith((".part", ".parts"))]
+    assert leftovers == []
+    # a third run reuses both
+    third = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert third.returncode == 0 and "oracle: cached" in third.stderr and "fp16: cached" in third.stderr

@@ -442,3 +442,27 @@ class TestEmbeddedDefault:
         assert_items_agree(junit, folder / "int4lin.verdict.json")
         assert result.ret == (pytest.ExitCode.OK if verdict["passed"] else pytest.ExitCode.TESTS_FAILED)
         assert result.outlines[-3].startswith(f"int4lin: {'PASS' if verdict['passed'] else 'FAIL'} — ")
+
+
+def test_a_crash_in_the_gate_run_exits_3_not_as_a_failed_gate(pytester, qwen36, tmp_path, monkeypatch):
+    """An unexpected exception is a bug in flipgate: pytest's internal-error status (3), with the
+    traceback — never 1 (a gate that failed) nor 2 (bad input)."""
+    import harness.pipeline
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("a bug in the run")
+
+    monkeypatch.setattr(harness.pipeline, "run_gates", boom)
+    result = pytester.runpytest("--gate", "int8hu", *given(qwen36, "int8hu"), f"--gate-cache={tmp_path / 'c'}")
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    out = result.stdout.str()
+    assert "internal error" in out and "RuntimeError: a bug in the run" in out and "Traceback" in out
+
+
+def test_a_report_dir_under_a_file_is_a_usage_error(pytester, qwen36, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep")
+    result = pytester.runpytest("--gate", "int8hu", *given(qwen36, "int8hu"), f"--gate-cache={tmp_path / 'c'}",
+                                f"--gate-report-dir={blocker / 'reports'}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "is a file, not a folder" in result.stderr.str() and blocker.read_text() == "keep"

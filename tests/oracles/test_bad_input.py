@@ -79,7 +79,7 @@ def _bad(kind, fixture_model, tmp_path):
     if kind == "bad max-memory":
         return ["--device", "auto", "--max-memory", "lots"], "--max-memory 'lots'"
     if kind == "config file missing":
-        return ["--config", str(tmp_path / "nope.toml")], "nope.toml: no such config file"
+        return ["--config", str(tmp_path / "nope.toml")], "nope.toml: no such file"
     raise AssertionError(kind)
 
 

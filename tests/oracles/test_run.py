@@ -175,3 +175,43 @@ def test_progress_bar_only_on_a_terminal(given_cases, tmp_path, capsys):
     assert "tok/s" not in cap.err and "━" not in cap.err  # not a TTY under pytest
     run_oracle(cases=given_cases, out=tmp_path / "q.safetensors", quiet=True)
     assert capsys.readouterr().out == ""
+
+
+def test_resume_recomputes_a_corrupt_part_never_uses_it(given_cases, default_trace, tmp_path, monkeypatch):
+    """A part whose bytes changed after it was written (a disk error, an editor, a half-synced copy)
+    still reads as a valid one-case trace; only its checksum in run.json tells. It is computed again."""
+    import oracles.hf as hf
+
+    out = tmp_path / "o.safetensors"
+    real_write, written = hf.write_trace, []
+
+    def crash_after_four(path, meta, cases):
+        if len(written) == 4:
+            raise KeyboardInterrupt
+        written.append(path)
+        return real_write(path, meta, cases)
+
+    monkeypatch.setattr(hf, "write_trace", crash_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        run_oracle(cases=given_cases, out=out, quiet=True, batch_size=1)
+    monkeypatch.setattr(hf, "write_trace", real_write)
+    parts = out.with_name(out.name + ".parts")
+    manifest = json.loads((parts / "run.json").read_text())
+    assert sorted(manifest["part_sha256"]) == sorted(p.name for p in written)  # each part listed with its sha256
+    victim = written[1]
+    data = bytearray(victim.read_bytes())
+    data[-2] ^= 0x01  # the lowest mantissa bit of the last logit: still a valid, finite trace
+    victim.write_bytes(bytes(data))
+    open_trace(victim)  # the reader cannot tell
+
+    rows_computed = []
+    real_rows = hf.HFOracle.rows_batch
+
+    def counting(self, ids, n_rows, **kw):
+        rows_computed.append(len(ids))
+        return real_rows(self, ids, n_rows, **kw)
+
+    monkeypatch.setattr(hf.HFOracle, "rows_batch", counting)
+    run_oracle(cases=given_cases, out=out, quiet=True, resume=True, batch_size=1)
+    assert sum(rows_computed) == len(load_cases(given_cases)) - 3  # the corrupt part was not reused
+    _same_trace(out, default_trace)  # and the result equals a clean run's

@@ -82,7 +82,8 @@ def test_compare_selects_gates_and_checks_names(tmp_path, verdict_files, capsys)
     assert "| int8hu |" in md and "| int4lin |" in md and "| fp16 | fp16 |" not in md
     assert main(base + ["--gates", "int9"]) == 2
     assert "gate 'int9' is not in the verdict files given" in capsys.readouterr().err
-    assert main(base + ["--config", "x.toml"]) == 2
+    (tmp_path / "x.toml").write_text("")
+    assert main(base + ["--config", str(tmp_path / "x.toml")]) == 2
     assert "--config only applies when running gates" in capsys.readouterr().err
 
 

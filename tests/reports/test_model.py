@@ -125,3 +125,38 @@ def test_terminal_output_is_plain_and_inert(evil, seed):
     # rich markup in a token is printed, not interpreted
     v = build_report([{**evil, "gate": "[bold red]gate[/]"}])
     assert "[bold red]gate[/]" in render(v, "terminal")
+
+
+FORMULAS = ["=HYPERLINK(\"http://x\",\"y\")", "+1+1", "-2+3", "@SUM(A1)", "\t=1", "\r=1"]
+
+
+def test_csv_neutralises_formula_cells_but_not_numbers_and_the_json_keeps_them(seed):
+    """A spreadsheet runs a cell starting with = + - @ (or tab, CR): text cells get a leading ',
+    numbers (a negative cosine) stay numbers, and the JSON keeps every value as it was."""
+    v = seed[0]
+    for p, text in zip(v["positions"], FORMULAS):
+        p["target_text"] = p["oracle_top1_text"] = text
+    v["positions"][0]["case"] = "=cmd|' /C calc'!A0"
+    v["positions"][1]["cosine"] = -0.25  # a number, however it starts
+    text = render(build_report([v]), "csv")
+    frame = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])
+    assert list(frame["target_text"][:len(FORMULAS)]) == ["'" + t for t in FORMULAS]
+    assert frame["case"][0] == "'=cmd|' /C calc'!A0" and frame["cosine"][1] == -0.25
+    import csv
+
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert len(rows) == 1 + len(v["positions"])  # a cell holding a CR is quoted, not split into rows
+    for row in rows[1:]:  # no cell of any row begins like a formula
+        for cell in row:
+            assert not cell.startswith(("=", "+", "@")) and not (cell.startswith("-") and not _is_number(cell)), cell
+    back = json.loads(render(build_report([v]), "json"))
+    assert [p["target_text"] for p in back["positions"][:len(FORMULAS)]] == FORMULAS
+    assert back["positions"][0]["case"] == "=cmd|' /C calc'!A0"
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+        return True
+    except ValueError:
+        return False
