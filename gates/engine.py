@@ -27,7 +27,7 @@ import numpy as np
 from harness.errors import InputError
 from harness.trace import Trace, open_trace
 
-from . import metrics, sweep
+from . import metrics, roles, sweep
 from .policy import GatePolicy
 from .verdict import Verdict
 
@@ -243,6 +243,9 @@ def _evaluate_pass(oracle_t: Trace, jobs: list[GateJob], *, decode: Decode | Non
         cand_key = intern(job.candidate, "candidate")
         ctrl_key = intern(job.control, "control")
         policy, notes = _effective(job.policy, traces[cand_key], traces[ctrl_key] if ctrl_key else None)
+        roles.check_candidate(oracle_t, traces[cand_key])
+        if ctrl_key:
+            roles.check_control(oracle_t, traces[cand_key], traces[ctrl_key], policy.control)
         prepared.append(_Prepared(policy, cand_key, ctrl_key, notes))
     cand_keys = list(dict.fromkeys(p.candidate for p in prepared))
     ctrl_only = [k for k in dict.fromkeys(p.control for p in prepared if p.control) if k not in cand_keys]
@@ -258,6 +261,7 @@ def _evaluate_pass(oracle_t: Trace, jobs: list[GateJob], *, decode: Decode | Non
         workers = min(os.cpu_count() or 1, MAX_WORKERS) if fused else 1
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
     cand_set = set(cand_keys)
+    digests = {k: roles.RowsDigest() for k in keys}  # a control holding the candidate's rows is refused
 
     def unit_stats(o_rows: np.ndarray, blocks: dict[str, np.ndarray], where: tuple[str, int]):
         got = None
@@ -291,6 +295,8 @@ def _evaluate_pass(oracle_t: Trace, jobs: list[GateJob], *, decode: Decode | Non
                 r1 = min(rows, r0 + read_rows)
                 o_block = oracle_t.logits_rows(cid, r0, r1)
                 blocks = {k: traces[k].logits_rows(cid, r0, r1) for k in keys}
+                for k in keys:
+                    digests[k].update(cid, blocks[k])
                 fp32_top1 = _fp32_top1(fp32, cid, r0, r1) if fp32 is not None else None
                 starts = list(range(0, r1 - r0, unit))
                 args = [(o_block[a:a + unit], {k: v[a:a + unit] for k, v in blocks.items()}, (cid, r0 + a))
@@ -309,13 +315,23 @@ def _evaluate_pass(oracle_t: Trace, jobs: list[GateJob], *, decode: Decode | Non
         if pool is not None:
             pool.shutdown()
 
+    for d in digests.values():
+        d.finish()
+    for job in prepared:
+        if job.control:
+            roles.check_control_rows(traces[job.candidate], traces[job.control], digests[job.candidate],
+                                     digests[job.control])
     verdicts = []
     for job in prepared:
         summary = summarise(job.positions, np.concatenate(job.cosine) if job.cosine else np.empty(0),
                             np.concatenate(job.kl) if job.kl else np.empty(0), job.policy, job.notes)
         summary["cases"] = len(oracle_t.case_ids)
-        prov = {"oracle": _trace_info(oracle_t), "candidate": _trace_info(traces[job.candidate]),
-                "control": _trace_info(traces[job.control]) if job.control else None,
+        prov = {"oracle": _trace_info(oracle_t),
+                "candidate": _trace_info(traces[job.candidate]) | roles.identity(traces[job.candidate],
+                                                                                  digests[job.candidate]),
+                "control": (_trace_info(traces[job.control]) | roles.identity(traces[job.control],
+                                                                               digests[job.control])
+                            if job.control else None),
                 "engine": {"flipgate": _version(), "numpy": np.__version__}}
         if fp32 is not None:
             arts = [p for p in job.positions if p["class"] == "oracle-artifact"]
@@ -429,6 +445,9 @@ def summarise(positions: list[dict], cosine: np.ndarray, kl: np.ndarray, policy:
         reasons.append(f"min cosine {min_cos:.6g} below min_cosine {policy.min_cosine}")
     if policy.max_kl is not None and not (max_kl <= policy.max_kl):
         reasons.append(f"max KL {max_kl:.6g} above max_kl {policy.max_kl}")
+    if confident < policy.min_confident:
+        reasons.append(f"{confident} confident position(s), min_confident {policy.min_confident}: "
+                       "too little evidence for a pass")
     return {
         "positions": n,
         "exact": counts["match"],

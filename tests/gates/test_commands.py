@@ -159,8 +159,10 @@ def test_tokenizer_fills_the_text_fields_and_its_hash_is_checked(tmp_path, scena
     ids = np.concatenate([[300, 301, 302], np.argmax(logits, axis=1)])
     meta = base_metadata(runner="t", variant="fp16", vocab_size=2048, tokenizer_sha256=digest)
     op = write_trace(tmp_path / "o.safetensors", meta, [CaseTrace("a", ids, logits)])
+    cp = write_trace(tmp_path / "c.safetensors", meta, [CaseTrace("a", ids, logits)])
     out = tmp_path / "v.json"
-    assert _gate("fp16", "--oracle", op, "--candidate", op, "--tokenizer", model, "--json", out) == 0
+    assert _gate("fp16", "--oracle", op, "--candidate", cp, "--tokenizer", model, "--json", out,
+                 "--min-confident", 0) == 0
     tok = Tokenizer.from_file(str(model / "tokenizer.json"))
     p = json.loads(out.read_text())["positions"][1]
     assert p["target_text"] == tok.decode([int(ids[4])], skip_special_tokens=False)

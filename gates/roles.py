@@ -1,0 +1,163 @@
+"""Which trace may play which part in a gate (DESIGN.md, "Gate rule": the control must be the trace
+the policy names; an oracle is never a candidate or a control).
+
+A control that is the candidate itself turns every defect into an oracle-artifact, and an oracle
+judged against itself matches everywhere: both would be a pass nobody earned. So, before and
+after the engine's pass over the rows:
+
+  - the candidate and the control are not oracle traces (evidence `oracle`, or an HF reference
+    run in bf16/fp32), nor the oracle's own file;
+  - the control is not the candidate's file (the same path, another name for it, a hard or
+    symbolic link) and holds none of the candidate's cases row for row (compared by content:
+    `RowsDigest`, a hash of each case's logits widened to float32, so a copy in another dtype is
+    caught too);
+  - the control is what the policy's `control` names: its variant (`fp16`), its file
+    (`trace:FILE`), its runner, bundle and variant (`coreai:DIR?variant=V`); and where both
+    traces record the weights they were made from, the same weights as the candidate.
+
+Each refusal is an InputError (exit 2) naming the traces. The control's identity — path, runner,
+variant, evidence, content hash — goes into the verdict's provenance (`identity`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import InputError
+from harness.trace import Trace
+
+ORACLE_RUNNERS = ("hf", "hf-stream")
+ORACLE_VARIANTS = ("bf16", "fp32")
+# spec prefix -> the runner its traces record (harness.candidates)
+BUNDLE_RUNNERS = {"coreai": "coreai-llm-runner", "coreai-python": "coreai-python"}
+
+
+def is_oracle_trace(t: Trace) -> bool:
+    """Whether a trace's metadata says it is an oracle's (a reference run, not a candidate's)."""
+    meta = t.metadata
+    return meta.get("evidence") == "oracle" or (t.runner in ORACLE_RUNNERS and t.variant in ORACLE_VARIANTS)
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """The same file under any name: equal paths, a symlink to it, or a hard link (same inode)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def check_candidate(oracle: Trace, candidate: Trace) -> None:
+    if same_file(oracle.path, candidate.path):
+        raise InputError(f"candidate trace {candidate.path} is the oracle's own file ({oracle.path}): "
+                         "an oracle judged against itself passes on nothing")
+    if is_oracle_trace(candidate):
+        raise InputError(f"candidate trace {candidate.path} is an oracle trace ({_label(candidate)}): "
+                         "give the quantized bundle's trace")
+
+
+def check_control(oracle: Trace, candidate: Trace, control: Trace, spec: str | None) -> None:
+    """Refuse a control that is not an independent trace of what the policy's `control` names."""
+    where = f"control trace {control.path}"
+    if same_file(control.path, candidate.path):
+        raise InputError(f"{where} is the candidate's own file ({candidate.path}): a control must come from "
+                         "another run, or every defect reads as an oracle-artifact")
+    if same_file(control.path, oracle.path):
+        raise InputError(f"{where} is the oracle's own file ({oracle.path}): give the control's trace "
+                         f"({spec or 'the gate names none'})")
+    if is_oracle_trace(control):
+        raise InputError(f"{where} is an oracle trace ({_label(control)}), not the gate's control "
+                         f"{spec!r}")
+    if spec:
+        problem = _spec_mismatch(control, spec)
+        if problem:
+            raise InputError(f"{where} is not the gate's control {spec!r}: {problem}")
+    mine, theirs = weights_identity(control), weights_identity(candidate)
+    if mine is not None and theirs is not None and mine != theirs:
+        raise InputError(f"{where} was made from other weights than the candidate {candidate.path} "
+                         "(their 'model' sha256 differ): a control must be the same model at another precision")
+
+
+def _label(t: Trace) -> str:
+    ev = t.metadata.get("evidence")
+    return f"runner {t.runner}, variant {t.variant}" + (f", evidence {ev}" if ev else "")
+
+
+def _spec_mismatch(t: Trace, spec: str) -> str | None:
+    """Why trace `t` is not what candidate spec `spec` names, or None if it is."""
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix == "trace":
+        return None if same_file(t.path, rest) else f"it is not the file {rest}"
+    if sep and prefix in BUNDLE_RUNNERS:
+        folder, _, query = rest.partition("?")
+        if t.runner != BUNDLE_RUNNERS[prefix]:
+            return f"its runner is {t.runner!r}, not {BUNDLE_RUNNERS[prefix]!r}"
+        bundle = t.metadata.get("bundle")
+        if bundle and folder and not same_file(bundle, folder):
+            return f"it was captured from bundle {bundle}, not {folder}"
+        for part in query.split("&"):
+            key, _, value = part.partition("=")
+            if key == "variant" and value and t.variant != value:
+                return f"its variant is {t.variant!r}, not {value!r}"
+        return None
+    # a variant or recipe name (the emulated runner's spec): the trace's variant is that name
+    return None if t.variant == spec else f"its variant is {t.variant!r}"
+
+
+def weights_identity(t: Trace) -> str | None:
+    """The weight hashes a trace's `model` metadata records (`{"path", "sha256"}`), or None."""
+    try:
+        model = json.loads(t.metadata.get("model", ""))
+    except ValueError:
+        return None
+    sha = model.get("sha256") if isinstance(model, dict) else None
+    return json.dumps(sha, sort_keys=True) if sha else None
+
+
+class RowsDigest:
+    """sha256 of each case's logits rows, widened to float32 (exact for float16/bfloat16) with -0.0
+    made 0.0, so the digest depends on the values, not on the dtype the trace stores them in."""
+
+    def __init__(self):
+        self._open: dict[str, hashlib._Hash] = {}
+        self.cases: dict[str, str] = {}
+
+    def update(self, case_id: str, rows: np.ndarray) -> None:
+        h = self._open.get(case_id)
+        if h is None:
+            h = self._open[case_id] = hashlib.sha256()
+        h.update(np.ascontiguousarray(rows.astype(np.float32) + np.float32(0.0)).tobytes())
+
+    def finish(self) -> None:
+        for cid, h in self._open.items():
+            self.cases[cid] = h.hexdigest()
+        self._open.clear()
+
+    @property
+    def sha256(self) -> str:
+        """One hash over every case's digest, in case order."""
+        h = hashlib.sha256()
+        for cid, d in self.cases.items():
+            h.update(json.dumps([cid, d]).encode("utf-8"))
+        return h.hexdigest()
+
+
+def check_control_rows(candidate: Trace, control: Trace, cand_rows: RowsDigest, ctrl_rows: RowsDigest) -> None:
+    same = [cid for cid, d in ctrl_rows.cases.items() if cand_rows.cases.get(cid) == d]
+    if same:
+        what = "every case" if len(same) == len(ctrl_rows.cases) else f"case {same[0]!r}"
+        raise InputError(f"control trace {control.path} holds the candidate's exact rows ({what} of "
+                         f"{candidate.path}): a control must come from another run")
+
+
+def identity(t: Trace, rows: RowsDigest | None) -> dict:
+    """What the verdict's provenance records of a trace's identity."""
+    out = {"path": str(t.path), "runner": t.runner, "variant": t.variant,
+           "evidence": t.metadata.get("evidence", ""), "weights": weights_identity(t) or ""}
+    if rows is not None:
+        out["logits_sha256"] = rows.sha256
+    return out
