@@ -267,12 +267,15 @@ def rejudge(d, source: str = "verdict") -> None:
             expected = {"match"}
         else:
             expected = {"tie-flip" if not c else "oracle-artifact" if ctrl == cand else "defect" for c in confident}
+        cosine, kl = _real(p["cosine"], f"{w} cosine"), _real(p["kl"], f"{w} kl")
+        if math.isnan(cosine) or math.isnan(kl):  # a non-finite row shows in its metrics: invalid fits too
+            expected.add("invalid")
         cls = p["class"]
         if cls not in expected:
             raise InputError(f"{w} class {cls!r} disagrees with its own numbers (oracle_top1 {top1}, "
                              f"candidate_top1 {cand}, control_top1 {ctrl}, margin {margin!r}): expected "
                              + " or ".join(sorted(expected)))
-        if cand is not None:
+        if cls != "invalid":
             rank = _int(p["oracle_rank_in_candidate"], f"{w} oracle_rank_in_candidate")
             if rank < 1 or (rank == 1) != (cand == top1):
                 raise InputError(f"{w} oracle_rank_in_candidate {rank} disagrees with candidate_top1 {cand} "
@@ -280,8 +283,8 @@ def rejudge(d, source: str = "verdict") -> None:
         counts[cls] += 1
         confident_lo += confident == {True}
         confident_hi += True in confident
-        cosines.append(_real(p["cosine"], f"{w} cosine"))
-        kls.append(_real(p["kl"], f"{w} kl"))
+        cosines.append(cosine)
+        kls.append(kl)
 
     w = f"{source}: summary"
     n = len(d["positions"])
