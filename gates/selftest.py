@@ -18,6 +18,7 @@ own. Must-pass probes are judged under the gate's full policy.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -32,7 +33,7 @@ from harness.trace import CaseTrace, Trace, base_metadata, open_trace, write_tra
 
 from .engine import evaluate
 from .policy import GatePolicy, get_gate
-from .verdict import Verdict
+from .verdict import Verdict, check_verdict
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,6 +408,10 @@ def _judge(probe: Probe, verdict: Verdict) -> list[str]:
             problems.append(f"{where[0]} row {where[1]}: class {got!r}, expected {cls!r}")
     if probe.check:
         problems.extend(probe.check(verdict))
+    try:  # the verdict, written and read back, must re-judge to itself
+        check_verdict(json.loads(verdict.to_json()), f"the {probe.name} verdict")
+    except InputError as e:
+        problems.append(f"the verdict reader refuses the engine's own verdict: {e}")
     return problems
 
 

@@ -228,6 +228,8 @@ def rejudge(d, source: str = "verdict") -> None:
     max_kl = _real(pol.get("max_kl"), f"{w} max_kl", none=True)
     # a verdict written before min_confident existed was judged without it
     min_confident = _int(pol.get("min_confident", 0), f"{w} min_confident")
+    if max_defects < 0 or min_confident < 0:
+        raise InputError(f"{w} max_defects and min_confident must not be negative")
     if not math.isfinite(min_margin) or math.isnan(min_cosine) or (max_kl is not None and math.isnan(max_kl)):
         raise InputError(f"{w}: min_margin, min_cosine and max_kl must be numbers")
     has_control = pol.get("control") is not None

@@ -3,6 +3,7 @@ classes against a plain re-implementation of DESIGN.md's rule, dtypes, determini
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from gates import sweep
 from gates.engine import GateJob, evaluate, evaluate_many
 from gates.policy import GatePolicy
+from gates.verdict import check_verdict
 from harness.errors import InputError
 from harness.trace import CaseTrace, base_metadata, write_trace
 
@@ -237,6 +239,7 @@ def test_classes_agree_with_a_plain_reading_of_the_rule(tmp_path, seed, space, m
               ("match", "tie-flip", "oracle-artifact", "defect", "invalid")}
     assert v.summary["exact"] == counts["match"] and v.summary["rule"] == counts["match"] + counts["tie-flip"]
     assert v.passed == (counts["defect"] == 0 and counts["invalid"] == 0)
+    check_verdict(json.loads(v.to_json()))  # the verdict, read back, re-judges to itself
 
 
 # ---- one answer whatever the storage, the order of work, or the run ------------------------------
