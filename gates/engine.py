@@ -261,7 +261,9 @@ def _evaluate_pass(oracle_t: Trace, jobs: list[GateJob], *, decode: Decode | Non
         workers = min(os.cpu_count() or 1, MAX_WORKERS) if fused else 1
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
     cand_set = set(cand_keys)
-    digests = {k: roles.RowsDigest() for k in keys}  # a control holding the candidate's rows is refused
+    # the controls' content hash (provenance), and whether a control holds its candidate's rows (refused)
+    digests = {k: roles.RowsDigest() for k in dict.fromkeys(p.control for p in prepared if p.control)}
+    same_rows = {(p.candidate, p.control): roles.SameRows() for p in prepared if p.control}
 
     def unit_stats(o_rows: np.ndarray, blocks: dict[str, np.ndarray], where: tuple[str, int]):
         got = None
@@ -295,8 +297,10 @@ def _evaluate_pass(oracle_t: Trace, jobs: list[GateJob], *, decode: Decode | Non
                 r1 = min(rows, r0 + read_rows)
                 o_block = oracle_t.logits_rows(cid, r0, r1)
                 blocks = {k: traces[k].logits_rows(cid, r0, r1) for k in keys}
-                for k in keys:
-                    digests[k].update(cid, blocks[k])
+                for k, d in digests.items():
+                    d.update(cid, blocks[k], first=r0 == 0)
+                for (c, k), same in same_rows.items():
+                    same.update(cid, blocks[c], blocks[k])
                 fp32_top1 = _fp32_top1(fp32, cid, r0, r1) if fp32 is not None else None
                 starts = list(range(0, r1 - r0, unit))
                 args = [(o_block[a:a + unit], {k: v[a:a + unit] for k, v in blocks.items()}, (cid, r0 + a))
@@ -314,21 +318,18 @@ def _evaluate_pass(oracle_t: Trace, jobs: list[GateJob], *, decode: Decode | Non
     finally:
         if pool is not None:
             pool.shutdown()
+        for d in digests.values():
+            d.close()
 
-    for d in digests.values():
-        d.finish()
-    for job in prepared:
-        if job.control:
-            roles.check_control_rows(traces[job.candidate], traces[job.control], digests[job.candidate],
-                                     digests[job.control])
+    for (c, k), same in same_rows.items():
+        same.check(traces[c], traces[k])
     verdicts = []
     for job in prepared:
         summary = summarise(job.positions, np.concatenate(job.cosine) if job.cosine else np.empty(0),
                             np.concatenate(job.kl) if job.kl else np.empty(0), job.policy, job.notes)
         summary["cases"] = len(oracle_t.case_ids)
         prov = {"oracle": _trace_info(oracle_t),
-                "candidate": _trace_info(traces[job.candidate]) | roles.identity(traces[job.candidate],
-                                                                                  digests[job.candidate]),
+                "candidate": _trace_info(traces[job.candidate]) | roles.identity(traces[job.candidate], None),
                 "control": (_trace_info(traces[job.control]) | roles.identity(traces[job.control],
                                                                                digests[job.control])
                             if job.control else None),

@@ -8,15 +8,14 @@ after the engine's pass over the rows:
   - the candidate and the control are not oracle traces (evidence `oracle`, or an HF reference
     run in bf16/fp32), nor the oracle's own file;
   - the control is not the candidate's file (the same path, another name for it, a hard or
-    symbolic link) and holds none of the candidate's cases row for row (compared by content:
-    `RowsDigest`, a hash of each case's logits widened to float32, so a copy in another dtype is
-    caught too);
+    symbolic link) and holds none of the candidate's cases row for row (compared by value,
+    `SameRows`, so a copy in another dtype is caught too);
   - the control is what the policy's `control` names: its variant (`fp16`), its file
     (`trace:FILE`), its runner, bundle and variant (`coreai:DIR?variant=V`); and where both
     traces record the weights they were made from, the same weights as the candidate.
 
 Each refusal is an InputError (exit 2) naming the traces. The control's identity — path, runner,
-variant, evidence, content hash — goes into the verdict's provenance (`identity`).
+variant, evidence, weights, a hash of its logits (`RowsDigest`) — goes into the verdict's provenance.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -119,39 +119,57 @@ def weights_identity(t: Trace) -> str | None:
 
 
 class RowsDigest:
-    """sha256 of each case's logits rows, widened to float32 (exact for float16/bfloat16) with -0.0
-    made 0.0, so the digest depends on the values, not on the dtype the trace stores them in."""
+    """sha256 of a trace's logits as stored (each case's dtype and bytes, in case order): the content
+    hash the verdict's provenance records for a control. Raw bytes, not widened values: the hash
+    identifies the file's rows; `SameRows` is what compares a control with its candidate."""
 
     def __init__(self):
-        self._open: dict[str, hashlib._Hash] = {}
-        self.cases: dict[str, str] = {}
+        self._h = hashlib.sha256()
+        # hashlib releases the GIL on large buffers: one block hashes beside the engine's arithmetic
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._pending: Future | None = None
 
-    def update(self, case_id: str, rows: np.ndarray) -> None:
-        h = self._open.get(case_id)
-        if h is None:
-            h = self._open[case_id] = hashlib.sha256()
-        h.update(np.ascontiguousarray(rows.astype(np.float32) + np.float32(0.0)).tobytes())
+    def update(self, case_id: str, rows: np.ndarray, first: bool) -> None:
+        self._wait()  # one block in flight at most: memory stays bounded, order is kept
+        if first:
+            self._h.update(json.dumps([case_id, rows.dtype.str]).encode("utf-8"))
+        self._pending = self._pool.submit(self._h.update, np.ascontiguousarray(rows))
 
-    def finish(self) -> None:
-        for cid, h in self._open.items():
-            self.cases[cid] = h.hexdigest()
-        self._open.clear()
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
+    def close(self) -> None:
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown()
 
     @property
     def sha256(self) -> str:
-        """One hash over every case's digest, in case order."""
-        h = hashlib.sha256()
-        for cid, d in self.cases.items():
-            h.update(json.dumps([cid, d]).encode("utf-8"))
-        return h.hexdigest()
+        self.close()
+        return self._h.hexdigest()
 
 
-def check_control_rows(candidate: Trace, control: Trace, cand_rows: RowsDigest, ctrl_rows: RowsDigest) -> None:
-    same = [cid for cid, d in ctrl_rows.cases.items() if cand_rows.cases.get(cid) == d]
-    if same:
-        what = "every case" if len(same) == len(ctrl_rows.cases) else f"case {same[0]!r}"
-        raise InputError(f"control trace {control.path} holds the candidate's exact rows ({what} of "
-                         f"{candidate.path}): a control must come from another run")
+class SameRows:
+    """Whether a control holds the candidate's exact rows, case by case, compared by value (so a copy
+    widened to another dtype is caught; -0.0 equals 0.0). A case stops being compared at its first
+    differing block, so a genuine control costs one block comparison per case."""
+
+    def __init__(self):
+        self.cases: dict[str, bool] = {}
+
+    def update(self, case_id: str, cand_rows: np.ndarray, ctrl_rows: np.ndarray) -> None:
+        if self.cases.get(case_id, True) and len(cand_rows):
+            self.cases[case_id] = bool(np.array_equal(cand_rows, ctrl_rows))
+
+    def check(self, candidate: Trace, control: Trace) -> None:
+        same = [cid for cid, eq in self.cases.items() if eq]
+        if same:
+            what = "every case" if len(same) == len(self.cases) else f"case {same[0]!r}"
+            raise InputError(f"control trace {control.path} holds the candidate's exact rows ({what} of "
+                             f"{candidate.path}): a control must come from another run")
 
 
 def identity(t: Trace, rows: RowsDigest | None) -> dict:

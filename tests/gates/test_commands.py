@@ -153,7 +153,7 @@ def test_selftest_catches_a_gate_that_takes_the_candidate_as_its_control(monkeyp
     import gates.roles
 
     monkeypatch.setattr(gates.roles, "check_control", lambda *a, **k: None)
-    monkeypatch.setattr(gates.roles, "check_control_rows", lambda *a, **k: None)
+    monkeypatch.setattr(gates.roles.SameRows, "check", lambda *a, **k: None)
     monkeypatch.setattr(gates.roles, "check_candidate", lambda *a, **k: None)
     wrong = {r.name for r in run_selftest().wrong}
     assert {"control-is-candidate", "control-holds-candidate-rows", "oracle-as-candidate"} <= wrong

@@ -123,14 +123,23 @@ def test_a_control_made_from_other_weights_is_refused(q, tmp_path):
         evaluate(q["oracle"], cand, other, policy=get_gate("int8hu"))
 
 
-def test_the_verdict_records_the_controls_identity(q):
+def test_the_verdict_records_the_controls_identity(q, tmp_path):
     v = evaluate(q["oracle"], q["int8hu"], q["fp16"], policy=get_gate("int8hu"))
     ctrl, cand = v.provenance["control"], v.provenance["candidate"]
     assert (ctrl["path"], ctrl["runner"], ctrl["variant"]) == (str(q["fp16"]), "emulated", "fp16")
-    assert "evidence" in ctrl and len(ctrl["logits_sha256"]) == 64
-    assert cand["logits_sha256"] != ctrl["logits_sha256"]
-    again = evaluate(q["oracle"], q["int8hu"], q["fp16"], policy=get_gate("int8hu"))
-    assert again.provenance["control"]["logits_sha256"] == ctrl["logits_sha256"]
+    assert (cand["path"], cand["runner"], cand["variant"]) == (str(q["int8hu"]), "emulated", "int8hu")
+    assert ctrl["evidence"] == "" and len(ctrl["logits_sha256"]) == 64
+    # a content hash: the same rows under another name and metadata hash the same, other rows not
+    moved = _rewrite(q["fp16"], tmp_path / "moved.safetensors", runner="import")
+    t = open_trace(q["fp16"])
+    logits = t.case("qwen36").logits.copy()
+    logits[0, 0] += 1
+    changed = write_trace(tmp_path / "changed.safetensors", t.metadata, [CaseTrace("qwen36", t.input_ids("qwen36"),
+                                                                                   logits)])
+    pol = replace(get_gate("int8hu"), control=None)
+    hashes = [evaluate(q["oracle"], q["int8hu"], k, policy=pol).provenance["control"]["logits_sha256"]
+              for k in (moved, changed)]
+    assert hashes[0] == ctrl["logits_sha256"] != hashes[1]
 
 
 # ---- the oracle as candidate or control -------------------------------------------------------
