@@ -91,7 +91,7 @@ def _spec_mismatch(t: Trace, spec: str) -> str | None:
     """Why trace `t` is not what candidate spec `spec` names, or None if it is."""
     prefix, sep, rest = spec.partition(":")
     if sep and prefix == "trace":
-        return None if same_file(t.path, rest) else f"it is not the file {rest}"
+        return None if same_file(t.path, rest) or _copy_of(t, rest) else f"it is not the file {rest}"
     if sep and prefix in BUNDLE_RUNNERS:
         folder, _, query = rest.partition("?")
         if t.runner != BUNDLE_RUNNERS[prefix]:
@@ -106,6 +106,21 @@ def _spec_mismatch(t: Trace, spec: str) -> str | None:
         return None
     # a variant or recipe name (the emulated runner's spec): the trace's variant is that name
     return None if t.variant == spec else f"its variant is {t.variant!r}"
+
+
+def _copy_of(t: Trace, path: str) -> bool:
+    """Whether `t` is the pipeline's cached copy of the trace at `path` (a `trace:FILE` spec is captured
+    into the cache): every key the source's metadata fills in, `t` holds with the same value (the copy
+    fills in what the source left empty, e.g. `model`)."""
+    from harness.errors import FlipgateError
+    from harness.trace import open_trace
+
+    try:
+        src = open_trace(path)
+    except FlipgateError:
+        return False
+    fresh = ("format", "cases", "harness_version")
+    return all(t.metadata.get(k) == v for k, v in src.metadata.items() if v and k not in fresh)
 
 
 def weights_identity(t: Trace) -> str | None:

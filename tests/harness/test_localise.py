@@ -242,8 +242,12 @@ def module_map_units(setup):
 def test_gate_without_defects_says_so(setup, capsys):
     from gates.policy import get_gate
 
-    # the oracle itself as the candidate's trace: nothing flips
-    loc = localise_traces(get_gate("int8lin"), oracle=setup["oracle"], candidate_trace=setup["oracle"],
+    from harness.trace import open_trace, write_trace
+
+    # the oracle's rows as the candidate's trace (a copy: the oracle's own file is refused): nothing flips
+    o = open_trace(setup["oracle"])
+    same = write_trace(setup["root"] / "oracle-rows.safetensors", {**o.metadata, "variant": "int8lin"}, list(o))
+    loc = localise_traces(get_gate("int8lin"), oracle=setup["oracle"], candidate_trace=same,
                           control=None, candidate=get_recipe("int8lin"), safe=get_recipe("fp16"),
                           model_dir=setup["model"], verify=False)
     assert loc and loc.no_defects and loc.stats == {}
