@@ -258,7 +258,8 @@ def rejudge(d, source: str = "verdict") -> None:
         elif _near(margin, min_margin):
             confident = {True, False}
         top1 = _int(p["oracle_top1"], f"{w} oracle_top1")
-        _int(p["oracle_top2"], f"{w} oracle_top2")
+        if _int(p["oracle_top2"], f"{w} oracle_top2") == top1:
+            raise InputError(f"{w} oracle_top2 = {top1} is its oracle_top1: the oracle's two best are two tokens")
         cand = _int(p["candidate_top1"], f"{w} candidate_top1", none=True)
         ctrl = _int(p["control_top1"], f"{w} control_top1", none=True)
         if ctrl is not None and not has_control:
