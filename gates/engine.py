@@ -201,6 +201,10 @@ def evaluate_many(oracle: Trace | str | os.PathLike, jobs: list[GateJob], *, dec
         elif reference == "fp32":
             raise InputError(f"gate {job.policy.name!r} is judged against the fp32 oracle (reference = \"fp32\"): "
                              "give its trace (oracle_fp32 in the gate config, or --oracle-fp32 TRACE)")
+        if reference == "fp32":  # judged against the fp32 oracle: the bf16 one is no candidate or control
+            for given, role in ((job.candidate, "candidate"), (job.control, "control")):
+                if given is not None:
+                    roles.check_not_the_oracle(oracle_t, _open(given), role)
         passes.setdefault((key, reference), []).append(i)
     if list(passes) == [(None, "oracle")]:
         return _evaluate_pass(oracle_t, jobs, decode=decode, provenance=provenance, workers=workers)

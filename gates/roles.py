@@ -60,6 +60,12 @@ def check_candidate(oracle: Trace, candidate: Trace) -> None:
                          "give the quantized bundle's trace")
 
 
+def check_not_the_oracle(oracle: Trace, t: Trace, role: str) -> None:
+    """For a gate judged against the fp32 oracle: the bf16 oracle is no candidate or control either."""
+    if same_file(oracle.path, t.path):
+        raise InputError(f"{role} trace {t.path} is the oracle's own file ({oracle.path})")
+
+
 def check_control(oracle: Trace, candidate: Trace, control: Trace, spec: str | None) -> None:
     """Refuse a control that is not an independent trace of what the policy's `control` names."""
     where = f"control trace {control.path}"

@@ -162,6 +162,17 @@ def test_the_oracle_as_candidate_or_control_is_refused(q, tmp_path, capsys):
         evaluate(q["oracle"], tagged, policy=replace(get_gate("fp16"), control=None))
 
 
+def test_judged_against_the_fp32_oracle_the_bf16_oracle_is_no_candidate_either(q, tmp_path):
+    bf16 = _rewrite(q["oracle"], tmp_path / "bf16.safetensors", runner="test")  # not labelled an oracle
+    fp32 = _rewrite(q["oracle"], tmp_path / "fp32.safetensors", runner="test", variant="f32", dtype=np.float32)
+    pol = replace(get_gate("int8hu"), reference="fp32", oracle_fp32=str(fp32))
+    with pytest.raises(InputError, match="candidate trace .* is the oracle's own file"):
+        evaluate(bf16, bf16, q["fp16"], policy=pol)
+    with pytest.raises(InputError, match="control trace .* is the oracle's own file"):
+        evaluate(bf16, q["int8hu"], bf16, policy=pol)
+    assert evaluate(bf16, q["int8hu"], q["fp16"], policy=pol)
+
+
 def test_compare_and_pytest_paths_refuse_the_candidate_as_its_control(q, tmp_path):
     from harness.pipeline import run_gates
 
