@@ -32,7 +32,7 @@ import numpy as np
 def make_traces(workdir: Path, cases: int, rows: int, vocab: int) -> dict[str, Path]:
     from harness.trace import CaseTrace, base_metadata, write_trace
 
-    tag = f"c{cases}-r{rows}-v{vocab}"
+    tag = f"c{cases}-r{rows}-v{vocab}-2"  # -2: the control labelled fp16
     paths = {role: workdir / f"{role}-{tag}.safetensors" for role in ("oracle", "cand", "ctrl")}
     if all(p.exists() for p in paths.values()):
         return paths
@@ -50,8 +50,9 @@ def make_traces(workdir: Path, cases: int, rows: int, vocab: int) -> dict[str, P
         for role, lg, dtype in (("oracle", o, np.float32), ("cand", cand, np.float16), ("ctrl", ctrl, np.float16)):
             out[role].append(CaseTrace(f"case{c:04d}", ids, lg.astype(dtype)))
     for role, path in paths.items():
-        write_trace(path, base_metadata(runner="bench", variant="int8hu" if role == "cand" else role,
-                                        vocab_size=vocab), out[role])
+        # the control is the variant the int8hu gate names (fp16): the gate refuses any other
+        variant = {"oracle": "bf16", "cand": "int8hu", "ctrl": "fp16"}[role]
+        write_trace(path, base_metadata(runner="bench", variant=variant, vocab_size=vocab), out[role])
     return paths
 
 
@@ -87,7 +88,7 @@ def main() -> None:
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     paths = make_traces(args.workdir, args.cases, args.rows, args.vocab)
-    items = args.cases * args.rows + 2  # positions, min_cosine, max_defects
+    items = args.cases * args.rows + 3  # positions, min_cosine, max_defects, min_confident
     walls: dict[str, list[float]] = {"baseline": [], "plugin": []}
     pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     for i in range(args.repeats):

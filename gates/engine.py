@@ -29,7 +29,7 @@ from harness.errors import InputError
 from harness.evidence import evidence_of
 from harness.trace import Trace, open_trace
 
-from . import metrics, sweep
+from . import metrics, roles, sweep
 from .policy import GatePolicy
 from .verdict import Verdict
 
@@ -209,6 +209,10 @@ def evaluate_many(oracle: Trace | str | os.PathLike, jobs: list[GateJob], *, dec
         elif reference == "fp32":
             raise InputError(f"gate {job.policy.name!r} is judged against the fp32 oracle (reference = \"fp32\"): "
                              "give its trace (oracle_fp32 in the gate config, or --oracle-fp32 TRACE)")
+        if reference == "fp32":  # judged against the fp32 oracle: the bf16 one is no candidate or control
+            for given, role in ((job.candidate, "candidate"), (job.control, "control")):
+                if given is not None:
+                    roles.check_not_the_oracle(oracle_t, _open(given), role)
         passes.setdefault((key, reference), []).append(i)
     if list(passes) == [(None, "oracle")]:
         return _evaluate_pass(oracle_t, jobs, decode=decode, provenance=provenance, workers=workers)
@@ -251,6 +255,9 @@ def _evaluate_pass(oracle_t: Trace, jobs: list[GateJob], *, decode: Decode | Non
         cand_key = intern(job.candidate, "candidate")
         ctrl_key = intern(job.control, "control")
         policy, notes = _effective(job.policy, traces[cand_key], traces[ctrl_key] if ctrl_key else None)
+        roles.check_candidate(oracle_t, traces[cand_key])
+        if ctrl_key:
+            roles.check_control(oracle_t, traces[cand_key], traces[ctrl_key], policy.control)
         prepared.append(_Prepared(policy, cand_key, ctrl_key, notes))
     cand_keys = list(dict.fromkeys(p.candidate for p in prepared))
     ctrl_only = [k for k in dict.fromkeys(p.control for p in prepared if p.control) if k not in cand_keys]
@@ -266,6 +273,9 @@ def _evaluate_pass(oracle_t: Trace, jobs: list[GateJob], *, decode: Decode | Non
         workers = min(os.cpu_count() or 1, MAX_WORKERS) if fused else 1
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
     cand_set = set(cand_keys)
+    # the controls' content hash (provenance), and whether a control holds its candidate's rows (refused)
+    digests = {k: roles.RowsDigest() for k in dict.fromkeys(p.control for p in prepared if p.control)}
+    same_rows = {(p.candidate, p.control): roles.SameRows() for p in prepared if p.control}
 
     def unit_stats(o_rows: np.ndarray, blocks: dict[str, np.ndarray], where: tuple[str, int]):
         got = None
@@ -301,6 +311,10 @@ def _evaluate_pass(oracle_t: Trace, jobs: list[GateJob], *, decode: Decode | Non
                 r1 = min(rows, r0 + read_rows)
                 o_block = oracle_t.logits_rows(cid, r0, r1)
                 blocks = {k: traces[k].logits_rows(cid, r0, r1) for k in keys}
+                for k, d in digests.items():
+                    d.update(cid, blocks[k], first=r0 == 0)
+                for (c, k), same in same_rows.items():
+                    same.update(cid, blocks[c], blocks[k])
                 fp32_top1 = _fp32_top1(fp32, cid, r0, r1) if fp32 is not None else None
                 starts = list(range(0, r1 - r0, unit))
                 args = [(o_block[a:a + unit], {k: v[a:a + unit] for k, v in blocks.items()}, (cid, r0 + a))
@@ -318,15 +332,22 @@ def _evaluate_pass(oracle_t: Trace, jobs: list[GateJob], *, decode: Decode | Non
     finally:
         if pool is not None:
             pool.shutdown()
+        for d in digests.values():
+            d.close()
 
     case_set = trace_case_set_sha256(oracle_t)  # the verdict names the case set it was judged on
+    for (c, k), same in same_rows.items():
+        same.check(traces[c], traces[k])
     verdicts = []
     for job in prepared:
         summary = summarise(job.positions, np.concatenate(job.cosine) if job.cosine else np.empty(0),
                             np.concatenate(job.kl) if job.kl else np.empty(0), job.policy, job.notes)
         summary["cases"] = len(oracle_t.case_ids)
-        prov = {"oracle": _trace_info(oracle_t), "candidate": _trace_info(traces[job.candidate]),
-                "control": _trace_info(traces[job.control]) if job.control else None,
+        prov = {"oracle": _trace_info(oracle_t),
+                "candidate": _trace_info(traces[job.candidate]) | roles.identity(traces[job.candidate], None),
+                "control": (_trace_info(traces[job.control]) | roles.identity(traces[job.control],
+                                                                               digests[job.control])
+                            if job.control else None),
                 "engine": {"flipgate": _version(), "numpy": np.__version__},
                 "case_set_sha256": case_set}
         if fp32 is not None:
@@ -454,6 +475,9 @@ def summarise(positions: list[dict], cosine: np.ndarray, kl: np.ndarray, policy:
         reasons.append(f"min cosine {min_cos:.6g} below min_cosine {policy.min_cosine}")
     if policy.max_kl is not None and not (max_kl <= policy.max_kl):
         reasons.append(f"max KL {max_kl:.6g} above max_kl {policy.max_kl}")
+    if confident < policy.min_confident:
+        reasons.append(f"{confident} confident position(s), min_confident {policy.min_confident}: "
+                       "too little evidence for a pass")
     return {
         "positions": n,
         "exact": counts["match"],

@@ -35,6 +35,9 @@ class GatePolicy:
     max_defects: int = 0
     min_cosine: float = 0.99
     max_kl: float | None = None
+    # confident positions a pass must rest on (DESIGN.md: a gate with too little evidence fails);
+    # why 12: gates/data/gates.toml
+    min_confident: int = 12
     description: str = ""
     source: str = "bundled"
     oracle_fp32: str | None = None   # a float32 oracle trace: confirms or not each oracle-artifact
@@ -110,6 +113,8 @@ def _apply(base: dict, table: object, path, name: str) -> dict:
         elif key == "min_margin":
             out[key] = _number(path, name, key, value, lo=0.0)
         elif key == "max_defects":
+            out[key] = _number(path, name, key, value, lo=0, integer=True)
+        elif key == "min_confident":
             out[key] = _number(path, name, key, value, lo=0, integer=True)
         elif key == "min_cosine":
             out[key] = _number(path, name, key, value, lo=-1.0, hi=1.0)

@@ -29,7 +29,8 @@ def format_verdict(v: Verdict) -> str:
                          f"{info.get('logits_dtype')}; evidence: {label(evidence_of(info))})")
     kl_bound = "-" if pol.get("max_kl") is None else f"{pol['max_kl']:g}"
     lines.append(f"  policy    min_margin {pol['min_margin']:g} ({pol['margin_space']} margin), max_defects "
-                 f"{pol['max_defects']}, min_cosine {pol['min_cosine']:g}, max_kl {kl_bound}, control "
+                 f"{pol['max_defects']}, min_cosine {pol['min_cosine']:g}, max_kl {kl_bound}, min_confident "
+                 f"{pol.get('min_confident', 0)}, control "
                  f"{pol.get('control') or '-'}")
     lines.append(f"  score     exact {s['exact']}/{n}, rule {s['rule']}/{n}, confident {s['confident']}/{n}")
     lines.append(f"  classes   match {s['exact']}, tie-flip {s['tie_flips']}, oracle-artifact "

@@ -5,7 +5,11 @@ From an oracle trace alone, build candidates whose verdict is known in advance �
 case's logits, a control that does not explain a flip), some must pass (the oracle itself, the oracle
 plus noise below every threshold, a flip the control explains, a flip below the margin) — run the
 real engine on each through real trace files, and compare with what an independent, deliberately
-plain float64 reference computation says. Any disagreement is a bug in the harness.
+plain float64 reference computation says. Some must be refused outright (exit 2, never judged): the
+candidate's own file as its control, a control holding the candidate's exact rows, the oracle's file as
+the candidate, and a failed verdict whose `passed` was edited to true, read back. One must fail for
+want of evidence: oracle and candidate with all-equal logits (no confident position, `min_confident`).
+Any disagreement is a bug in the harness.
 
 Must-fail probes are judged on the classes alone (cosine and KL bounds off), so that each fails
 through the mechanism it probes, not through a neighbouring bound; the bounds get probes of their
@@ -14,6 +18,7 @@ own. Must-pass probes are judged under the gate's full policy.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -23,11 +28,12 @@ from typing import Callable
 
 import numpy as np
 
+from harness.errors import InputError
 from harness.trace import CaseTrace, Trace, base_metadata, open_trace, write_trace
 
 from .engine import evaluate
 from .policy import GatePolicy, get_gate
-from .verdict import Verdict
+from .verdict import Verdict, check_verdict
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,6 +124,9 @@ class Probe:
     full_policy: bool = False      # judged under the gate's bounds (must-pass) or on classes alone
     policy_change: dict = field(default_factory=dict)
     check: Callable[[Verdict], list[str]] | None = None
+    oracle: dict[str, np.ndarray] | None = None  # the probe's own oracle rows (default: the oracle's)
+    refusal: str | None = None     # the gate must refuse to judge (InputError) with this in its message
+    control_is: str | None = None  # "candidate" / "oracle": the control (or candidate) is that very file
 
 
 @dataclass
@@ -128,6 +137,8 @@ class ProbeResult:
     verdict: Verdict | None = None
     problems: list[str] = field(default_factory=list)
     skipped: str | None = None
+    refused: str | None = None     # the InputError the gate (or the verdict reader) refused with
+    expect_refusal: bool = False
 
     @property
     def ok(self) -> bool:
@@ -153,8 +164,8 @@ class SelftestResult:
             if r.skipped:
                 out.append(f"skip  {r.name}: not applicable ({r.skipped})")
                 continue
-            got = "PASS" if r.verdict else "FAIL"
-            want = "PASS" if r.expect_pass else "FAIL"
+            got = "REFUSED" if r.refused is not None else "PASS" if r.verdict else "FAIL"
+            want = "REFUSED" if r.expect_refusal else "PASS" if r.expect_pass else "FAIL"
             out.append(f"{'ok   ' if r.ok else 'WRONG'} {r.name}: expected {want}, got {got} — {r.what}")
             out.extend(f"        {p}" for p in r.problems)
         ran = [r for r in self.results if not r.skipped]
@@ -206,6 +217,11 @@ class _Builder:
         rows = [(cid, r) for cid, rr in self.ref.items() for r, x in enumerate(rr)
                 if x.margin < self.policy.min_margin and x.logit_gap > 0]
         return min(rows, key=lambda w: self.ref[w[0]][w[1]].margin) if rows else None
+
+    def as_control(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A control's rows: the arrays shifted by a constant, which changes no argmax, so that a control
+        never holds a candidate's exact rows (the gate refuses such a control)."""
+        return {cid: x + 0.5 for cid, x in arrays.items()}
 
     def flips_somewhere(self, cand: dict[str, np.ndarray]) -> bool:
         """Whether the reference sees a confident row whose argmax this candidate changes."""
@@ -286,7 +302,7 @@ def build_probes(logits: dict[str, np.ndarray], policy: GatePolicy) -> tuple[lis
     ctrl_nan = b.copy()
     ctrl_nan[first[0]][first[1]] = np.nan
     probes.append(Probe("control-row-nan", "a perfect candidate, but the control's row is NaN", False, b.copy(),
-                        control=ctrl_nan, classes={first: "invalid"}, reason="invalid"))
+                        control=b.as_control(ctrl_nan), classes={first: "invalid"}, reason="invalid"))
 
     where = b.most_confident()
     forced_what = "one confident row's argmax forced to the oracle's runner-up"
@@ -299,26 +315,40 @@ def build_probes(logits: dict[str, np.ndarray], policy: GatePolicy) -> tuple[lis
         probes.append(Probe("confident-row-forced-to-runner-up", forced_what + " (no control)", False, forced,
                             classes={where: "defect"}, reason="defect"))
         probes.append(Probe("control-explains-flip", "the same forced flip, and the control flips identically",
-                            True, forced, control=b.swapped(where), classes={where: "oracle-artifact"}))
+                            True, forced, control=b.as_control(b.swapped(where)), classes={where: "oracle-artifact"}))
         probes.append(Probe("control-disagrees", "the forced flip, the control keeps the oracle's top-1", False,
-                            forced, control=b.copy(), classes={where: "defect"}, reason="defect"))
+                            forced, control=b.as_control(b.copy()), classes={where: "defect"}, reason="defect"))
         if logits[where[0]].shape[1] >= 3:
             probes.append(Probe("control-flips-elsewhere", "the forced flip, the control flips to a third token",
-                                False, forced, control=b.swapped(where, "top3"), classes={where: "defect"},
+                                False, forced, control=b.as_control(b.swapped(where, "top3")), classes={where: "defect"},
                                 reason="defect"))
         o, c = logits[where[0]][where[1]], forced[where[0]][where[1]]
         cos, kl = _ref_cosine(o, c), _ref_kl(o, c)
         if cos < 1.0 - 1e-6:
             probes.append(Probe("cosine-bound", f"an explained flip (cosine {cos:.9f}) under min_cosine just above it",
-                                False, forced, control=b.swapped(where), reason="cosine",
+                                False, forced, control=b.as_control(b.swapped(where)), reason="cosine",
                                 policy_change={"min_cosine": min(1.0, cos + 1e-7)}))
         else:
             skip("cosine-bound", "min_cosine bound", False, "the forced flip leaves the cosine at 1")
         if kl > 1e-9:
             probes.append(Probe("kl-bound", f"an explained flip (KL {kl:.4g}) under max_kl of half of it", False,
-                                forced, control=b.swapped(where), reason="KL", policy_change={"max_kl": kl / 2}))
+                                forced, control=b.as_control(b.swapped(where)), reason="KL", policy_change={"max_kl": kl / 2}))
         else:
             skip("kl-bound", "max_kl bound", False, "the forced flip leaves KL at 0")
+
+    # the gate must refuse a control that is not an independent run, and the oracle as a candidate
+    flipped = b.swapped(where) if where is not None else b.copy()
+    probes.append(Probe("control-is-candidate", "the candidate's own file given as its control", False, flipped,
+                        control_is="candidate", refusal="candidate's own file"))
+    probes.append(Probe("control-holds-candidate-rows", "a control file holding the candidate's exact rows",
+                        False, flipped, control={c: x.copy() for c, x in flipped.items()}, refusal="exact rows"))
+    probes.append(Probe("oracle-as-candidate", "the oracle's own file given as the candidate", False, b.copy(),
+                        control_is="oracle", refusal="oracle's own file"))
+    # a vacuous pass: oracle and candidate with all-equal logits have no confident position
+    flat = {c: np.ones_like(x) for c, x in logits.items()}
+    probes.append(Probe("no-confident-positions", "oracle and candidate with all-equal logits (no confident "
+                        "position)", False, flat, oracle=flat, reason="confident",
+                        policy_change={"min_confident": max(1, policy.min_confident)}))
 
     low = b.least_confident()
     if low is None:
@@ -350,6 +380,10 @@ def build_probes(logits: dict[str, np.ndarray], policy: GatePolicy) -> tuple[lis
             skip("logits-of-another-case", "another case's logits", False, "no confident argmax changes")
     else:
         skip("logits-of-another-case", "another case's logits", False, "the oracle has one case")
+    # every other probe probes its own mechanism: the evidence bound asks no more than this oracle holds
+    evidence = min(policy.min_confident, len(b.confident))
+    for p in probes:
+        p.policy_change.setdefault("min_confident", evidence)
     return probes, skipped
 
 
@@ -374,6 +408,10 @@ def _judge(probe: Probe, verdict: Verdict) -> list[str]:
             problems.append(f"{where[0]} row {where[1]}: class {got!r}, expected {cls!r}")
     if probe.check:
         problems.extend(probe.check(verdict))
+    try:  # the verdict, written and read back, must re-judge to itself
+        check_verdict(json.loads(verdict.to_json()), f"the {probe.name} verdict")
+    except InputError as e:
+        problems.append(f"the verdict reader refuses the engine's own verdict: {e}")
     return problems
 
 
@@ -396,18 +434,66 @@ def run_selftest(oracle: str | os.PathLike | None = None, *, gate: str | GatePol
         for cid, x in logits.items():
             bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
             if bad.size:
-                from harness.errors import InputError
-
                 raise InputError(f"{oracle_path}: case {cid!r} row {int(bad[0])}: oracle logits hold NaN or Inf")
         probes, results = build_probes(logits, policy)
         classes_only = replace(policy, max_defects=0, min_cosine=-1.0, max_kl=None)
         done = []
         for i, probe in enumerate(probes):
-            cand = _write(tmp / f"probe{i}-candidate.safetensors", sub_trace, probe.candidate, probe.name)
-            ctrl = _write(tmp / f"probe{i}-control.safetensors", sub_trace, probe.control, "control") \
+            orc = sub_trace if probe.oracle is None else \
+                open_trace(_write(tmp / f"probe{i}-oracle.safetensors", sub_trace, probe.oracle, "bf16"))
+            cand = orc.path if probe.control_is == "oracle" else \
+                _write(tmp / f"probe{i}-candidate.safetensors", sub_trace, probe.candidate, probe.name)
+            ctrl = cand if probe.control_is == "candidate" else \
+                _write(tmp / f"probe{i}-control.safetensors", sub_trace, probe.control, "control") \
                 if probe.control is not None else None
             pol = policy if probe.full_policy else classes_only
-            pol = replace(pol, control=f"selftest:{probe.name}" if ctrl else None, **probe.policy_change)
-            verdict = evaluate(sub_trace, cand, ctrl, policy=pol)
-            done.append(ProbeResult(probe.name, probe.what, probe.expect_pass, verdict, _judge(probe, verdict)))
+            pol = replace(pol, control=f"trace:{ctrl}" if ctrl else None, **probe.policy_change)
+            try:
+                verdict = evaluate(orc, cand, ctrl, policy=pol)
+            except InputError as e:
+                done.append(_refused(probe, str(e)))
+                continue
+            result = ProbeResult(probe.name, probe.what, probe.expect_pass, verdict, _judge(probe, verdict),
+                                 expect_refusal=probe.refusal is not None)
+            if probe.refusal is not None:
+                result.problems.insert(0, f"the gate judged it instead of refusing ({probe.refusal!r})")
+            done.append(result)
+        done.append(_edited_verdict_probe(done, tmp))
     return SelftestResult(policy.name, source, done + results)
+
+
+def _refused(probe: Probe, message: str) -> ProbeResult:
+    result = ProbeResult(probe.name, probe.what, probe.expect_pass, refused=message,
+                         expect_refusal=probe.refusal is not None)
+    if probe.refusal is None:
+        result.problems.append(f"the gate refused to judge: {message}")
+    elif probe.refusal not in message:
+        result.problems.append(f"refused, but not for {probe.refusal!r}: {message}")
+    return result
+
+
+def _edited_verdict_probe(done: list[ProbeResult], tmp: Path) -> ProbeResult:
+    """A failed verdict whose `passed` is edited to true must be refused when read back."""
+    name, what = "edited-verdict", "a verdict listing a defect, its 'passed' edited to true"
+    failed = next((r.verdict for r in done if r.verdict is not None and not r.verdict.passed
+                   and r.verdict.summary["defects"]), None)
+    if failed is None:
+        return ProbeResult(name, what, False, skipped="no probe produced a verdict with a defect")
+    path = tmp / "edited.verdict.json"
+    text = failed.to_json()
+    edited = text.replace('"passed": false', '"passed": true', 1)
+    path.write_text(edited, encoding="utf-8")
+    result = ProbeResult(name, what, False, expect_refusal=True)
+    if edited == text:
+        result.problems.append("the verdict's JSON has no '\"passed\": false' to edit")
+        return result
+    try:
+        Verdict.load(path)
+    except InputError as e:
+        result.refused = str(e)
+        if "passed" not in result.refused:
+            result.problems.append(f"refused, but not for its 'passed': {e}")
+        return result
+    result.problems.append("the edited verdict was read back as a pass")
+    result.verdict = Verdict.load(path)
+    return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,41 @@ def _unspecial(d: dict) -> dict:
     return out
 
 
+MAX_DEPTH = 64  # a verdict nests 4 deep; provenance a little more
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def json_depth(text: str) -> int:
+    """How deep `text`'s arrays and objects nest (brackets inside strings do not count), in linear time."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    depth = deepest = 0
+    for c in brackets:
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def parse_json(text: str, source: str, *, max_depth: int = MAX_DEPTH):
+    """`json.loads` for a verdict file: a file nested deeper than `max_depth`, or one that is not JSON,
+    is an InputError naming `source` (never a RecursionError from the parser)."""
+    depth = json_depth(text)
+    if depth > max_depth:
+        raise InputError(f"{source}: not a flipgate verdict (JSON nested {depth} deep; a verdict nests at most "
+                         f"{max_depth})")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InputError(f"{source}: not a flipgate verdict (JSON nested too deep)") from None
+    except ValueError as e:  # JSONDecodeError, or an integer of more digits than Python converts
+        where = f" at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+        msg = e.msg if isinstance(e, json.JSONDecodeError) else str(e).split(";")[0]
+        raise InputError(f"{source}: not JSON ({msg}{where})") from None
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
@@ -104,7 +140,200 @@ def check_verdict(d, source: str = "verdict") -> None:
         if lacking:
             raise InputError(f"{source}: positions[{i}] lacks key {lacking[0]!r}")
         if p["class"] not in CLASSES:
-            raise InputError(f"{source}: positions[{i}] class {p['class']!r} is not one of {', '.join(CLASSES)}")
+            raise InputError(f"{source}: positions[{i}] class {_short(p['class'])} is not one of {', '.join(CLASSES)}")
+    rejudge(d, source)
+
+
+# ---- re-judging a verdict from its own positions and policy (DESIGN.md, "Verdict") -----------------
+#
+# A verdict file is text anyone can edit. Before a report or a sign-off believes its `passed`, every
+# position's class is derived again from its stored numbers, the summary's counts and extremes from
+# the positions, and `passed` from the counts and the policy's bounds; any disagreement is refused.
+# Floats are stored to FLOAT_DIGITS significant digits, so a number within rounding of a threshold
+# (a margin at min_margin, a cosine at min_cosine) may go either way: there the verdict's own
+# reading is kept.
+
+_ROUNDING = 10.0 ** (2 - FLOAT_DIGITS)  # relative: well above the storage rounding, far below any real gap
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _near(a: float, b: float) -> bool:
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return a == b
+    return abs(a - b) <= _ROUNDING * max(1.0, abs(a), abs(b))
+
+
+def _int(v, where: str, *, none: bool = False) -> int | None:
+    if v is None and none:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InputError(f"{where} = {_short(v)}: expected an integer{' or null' if none else ''}")
+    return v
+
+
+def _real(v, where: str, *, none: bool = False) -> float | None:
+    if v is None and none:
+        return None
+    if isinstance(v, str) and v in _SPECIAL:
+        return _SPECIAL[v]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise InputError(f"{where} = {_short(v)}: expected a number")
+    try:
+        return float(v)
+    except OverflowError:
+        raise InputError(f"{where}: the integer {str(v)[:20]}... is too large for a number") from None
+
+
+def _same(stored: float, derived: float, *, rel: float = _ROUNDING) -> bool:
+    if math.isnan(stored) or math.isnan(derived):
+        return math.isnan(stored) and math.isnan(derived)
+    if math.isinf(stored) or math.isinf(derived):
+        return stored == derived
+    return abs(stored - derived) <= rel * max(1.0, abs(stored), abs(derived))
+
+
+def _extreme(values: list[float], pick) -> float:
+    """min/max as the engine takes them (numpy): NaN if any value is NaN or there is none."""
+    if not values or any(math.isnan(x) for x in values):
+        return math.nan
+    return pick(values)
+
+
+def _mean(values: list[float]) -> float:
+    if not values:
+        return math.nan
+    if not all(math.isfinite(x) for x in values):
+        return sum(values) / len(values)  # NaN or ±inf, as numpy's mean (fsum raises on inf - inf)
+    return math.fsum(values) / len(values)
+
+
+def rejudge(d, source: str = "verdict") -> None:
+    """Raise InputError naming `source` and the key unless `d`'s classes, summary and `passed` are what
+    its own positions and policy give (the verdict's schema is checked first: `check_verdict`)."""
+    pol, s = d["policy"], d["summary"]
+    w = f"{source}: policy"
+    for key in ("min_margin", "max_defects", "min_cosine"):
+        if key not in pol:
+            raise InputError(f"{w} lacks key {key!r}")
+    space = pol.get("margin_space", "prob")
+    if space not in ("prob", "logit"):
+        raise InputError(f"{w} margin_space = {_short(space)}: expected 'prob' or 'logit'")
+    min_margin = _real(pol["min_margin"], f"{w} min_margin")
+    max_defects = _int(pol["max_defects"], f"{w} max_defects")
+    min_cosine = _real(pol["min_cosine"], f"{w} min_cosine")
+    max_kl = _real(pol.get("max_kl"), f"{w} max_kl", none=True)
+    # a verdict written before min_confident existed was judged without it
+    min_confident = _int(pol.get("min_confident", 0), f"{w} min_confident")
+    if max_defects < 0 or min_confident < 0:
+        raise InputError(f"{w} max_defects and min_confident must not be negative")
+    if not math.isfinite(min_margin) or math.isnan(min_cosine) or (max_kl is not None and math.isnan(max_kl)):
+        raise InputError(f"{w}: min_margin, min_cosine and max_kl must be numbers")
+    has_control = pol.get("control") is not None
+
+    counts = dict.fromkeys(CLASSES, 0)
+    confident_lo = confident_hi = 0
+    cosines: list[float] = []
+    kls: list[float] = []
+    for i, p in enumerate(d["positions"]):
+        w = f"{source}: positions[{i}]"
+        margin = _real(p["margin"], f"{w} margin")
+        if not math.isfinite(margin):
+            raise InputError(f"{w} margin = {_short(p['margin'])}: an oracle's margin is always finite")
+        own = p.get(f"margin_{space}")
+        if own is not None and not _same(_real(own, f"{w} margin_{space}"), margin):
+            raise InputError(f"{w} margin {margin!r} is not its margin_{space} {own!r} (the policy's margin_space)")
+        confident = {margin >= min_margin}
+        if "confident" in p:
+            if not isinstance(p["confident"], bool):
+                raise InputError(f"{w} confident = {_short(p['confident'])}: expected true or false")
+            if _near(margin, min_margin):   # within rounding of the threshold: the verdict's reading stands
+                confident = {p["confident"]}
+            elif p["confident"] not in confident:
+                raise InputError(f"{w} confident = {str(p['confident']).lower()} disagrees with its margin "
+                                 f"{margin!r} (min_margin {min_margin!r})")
+        elif _near(margin, min_margin):
+            confident = {True, False}
+        top1 = _int(p["oracle_top1"], f"{w} oracle_top1")
+        if _int(p["oracle_top2"], f"{w} oracle_top2") == top1:
+            raise InputError(f"{w} oracle_top2 = {top1} is its oracle_top1: the oracle's two best are two tokens")
+        cand = _int(p["candidate_top1"], f"{w} candidate_top1", none=True)
+        ctrl = _int(p["control_top1"], f"{w} control_top1", none=True)
+        if ctrl is not None and not has_control:
+            raise InputError(f"{w} control_top1 = {ctrl} but the policy has no control")
+        if cand is None or (has_control and ctrl is None):
+            expected = {"invalid"}
+        elif cand == top1:
+            expected = {"match"}
+        else:
+            expected = {"tie-flip" if not c else "oracle-artifact" if ctrl == cand else "defect" for c in confident}
+        cosine, kl = _real(p["cosine"], f"{w} cosine"), _real(p["kl"], f"{w} kl")
+        if math.isnan(cosine) or math.isnan(kl):  # a non-finite row shows in its metrics: invalid fits too
+            expected.add("invalid")
+        cls = p["class"]
+        if cls not in expected:
+            raise InputError(f"{w} class {cls!r} disagrees with its own numbers (oracle_top1 {top1}, "
+                             f"candidate_top1 {cand}, control_top1 {ctrl}, margin {margin!r}): expected "
+                             + " or ".join(sorted(expected)))
+        if cls != "invalid":
+            rank = _int(p["oracle_rank_in_candidate"], f"{w} oracle_rank_in_candidate")
+            if rank < 1 or (rank == 1) != (cand == top1):
+                raise InputError(f"{w} oracle_rank_in_candidate {rank} disagrees with candidate_top1 {cand} "
+                                 f"(oracle_top1 {top1})")
+        counts[cls] += 1
+        confident_lo += confident == {True}
+        confident_hi += True in confident
+        cosines.append(cosine)
+        kls.append(kl)
+
+    w = f"{source}: summary"
+    n = len(d["positions"])
+    derived = {"positions": n, "exact": counts["match"], "rule": counts["match"] + counts["tie-flip"],
+               "tie_flips": counts["tie-flip"], "oracle_artifacts": counts["oracle-artifact"],
+               "defects": counts["defect"], "invalid": counts["invalid"]}
+    for key, value in derived.items():
+        if _int(s[key], f"{w} {key}") != value:
+            raise InputError(f"{w} {key} = {s[key]} disagrees with its positions ({value})")
+    confident = _int(s["confident"], f"{w} confident")
+    if not confident_lo <= confident <= confident_hi:
+        raise InputError(f"{w} confident = {confident} disagrees with its positions "
+                         f"({confident_lo if confident_lo == confident_hi else f'{confident_lo} to {confident_hi}'})")
+    min_cos, max_kl_seen = _extreme(cosines, min), _extreme(kls, max)
+    for key, value, rel in (("min_cosine", min_cos, _ROUNDING), ("mean_cosine", _mean(cosines), 1e-6),
+                            ("mean_kl", _mean(kls), 1e-6), ("max_kl", max_kl_seen, _ROUNDING)):
+        if key not in s:
+            continue
+        stored = _real(s[key], f"{w} {key}")
+        if not _same(stored, value, rel=rel):
+            raise InputError(f"{w} {key} = {_short(s[key])} disagrees with its positions ({value!r})")
+
+    fails: list[str] = []
+    unsure = False
+    if n == 0:
+        fails.append("no scored positions")
+    if counts["invalid"]:
+        fails.append(f"{counts['invalid']} invalid position(s)")
+    if counts["defect"] > max_defects:
+        fails.append(f"{counts['defect']} defect(s) > max_defects {max_defects}")
+    if confident < min_confident:
+        fails.append(f"{confident} confident position(s) < min_confident {min_confident}")
+    if math.isnan(min_cos) or (min_cos < min_cosine and not _near(min_cos, min_cosine)):
+        fails.append(f"min cosine {min_cos!r} < min_cosine {min_cosine!r}")
+    unsure |= _near(min_cos, min_cosine)
+    if max_kl is not None:
+        if math.isnan(max_kl_seen) or (max_kl_seen > max_kl and not _near(max_kl_seen, max_kl)):
+            fails.append(f"max KL {max_kl_seen!r} > max_kl {max_kl!r}")
+        unsure |= _near(max_kl_seen, max_kl)
+    if d["passed"] and fails:
+        raise InputError(f"{source}: 'passed' is true, but its own positions fail the gate ({fails[0]})")
+    if not d["passed"] and not fails and not unsure:
+        raise InputError(f"{source}: 'passed' is false, but its own positions hold every bound of its policy")
+    reasons = s.get("reasons")
+    if isinstance(reasons, list) and bool(reasons) == d["passed"]:
+        raise InputError(f"{source}: summary reasons {_short(reasons)} disagree with 'passed' {str(d['passed']).lower()}")
 
 @dataclass
 class Verdict:
@@ -190,8 +419,4 @@ class Verdict:
             raise InputError(f"{p}: cannot read ({e.strerror})") from None
         except UnicodeDecodeError:
             raise InputError(f"{p}: not a flipgate verdict (not UTF-8 text)") from None
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{p}: not JSON ({e.msg} at line {e.lineno})") from None
-        return cls.from_dict(d, source=str(p))
+        return cls.from_dict(parse_json(text, str(p)), source=str(p))

@@ -2,7 +2,7 @@
 
 The gate as a pytest run: one test item per scored position, named `gate[NAME]/<case>/<position>`,
 plus one per aggregate bound (`gate[NAME]/min_cosine`, `gate[NAME]/max_kl` when set,
-`gate[NAME]/max_defects`). All of them carry the `flipgate` marker, and the gate name and position
+`gate[NAME]/max_defects`, `gate[NAME]/min_confident`). All of them carry the `flipgate` marker, and the gate name and position
 class as keywords, so `-m flipgate`, `-k int8hu`, `-k defect`, `-k "not match"` select as expected.
 
 What runs:
@@ -30,7 +30,7 @@ import pytest
 
 NOTED_CLASSES = {"tie-flip": "t", "oracle-artifact": "a"}  # pass, but are reported (short letters)
 FAILING_CLASSES = ("defect", "invalid")
-BOUNDS = ("min_cosine", "max_kl", "max_defects")
+BOUNDS = ("min_cosine", "max_kl", "max_defects", "min_confident")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -540,6 +540,14 @@ def bound_checks(v: dict) -> list[Check]:
     msg = "" if ok else (f"max_defects: {s.get('defects')} defect(s), more than max_defects {pol.get('max_defects', 0)}: "
                          + ", ".join(defects[:20]) + (" …" if len(defects) > 20 else ""))
     out.append(Check("max_defects", "pass" if ok else "fail", msg, "bound",
+                     base + [("flipgate.bound", bound), ("flipgate.value", got)]))
+    # a verdict from before the bound existed has none: 0 (it was judged without one)
+    bound = _num(pol.get("min_confident", 0))
+    got = _num(s.get("confident"))
+    ok = got >= bound
+    msg = "" if ok else (f"min_confident: {s.get('confident')} confident position(s), fewer than min_confident "
+                         f"{pol.get('min_confident')}: too little evidence for a pass")
+    out.append(Check("min_confident", "pass" if ok else "fail", msg, "bound",
                      base + [("flipgate.bound", bound), ("flipgate.value", got)]))
     return out
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from gates.verdict import CLASSES, SCHEMA, SUMMARY_KEYS, check_verdict  # the one reading of the schema
+from gates.verdict import (  # the one reading of the schema
+    CLASSES, MAX_DEPTH, SCHEMA, SUMMARY_KEYS, check_verdict, json_depth)
 from harness.errors import InputError
 from harness.fileio import note_input
 
@@ -41,11 +42,21 @@ def load_verdict_file(path: str | os.PathLike) -> list[dict]:
         raise InputError(f"{p}: no such verdict file")
     note_input(p)  # this run must not overwrite it (harness.fileio)
     try:
-        d = json.loads(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{p}: not a verdict (not UTF-8 text)") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{p}: not a verdict (malformed JSON: {e.msg}, line {e.lineno})") from None
+    except OSError as e:
+        raise InputError(f"{p}: cannot read ({e.strerror})") from None
+    if json_depth(text) > MAX_DEPTH:  # before the parser, which would recurse that deep
+        raise InputError(f"{p}: not a verdict (JSON nested {json_depth(text)} deep; a verdict nests at most "
+                         f"{MAX_DEPTH})")
+    try:
+        d = json.loads(text)
+    except RecursionError:
+        raise InputError(f"{p}: not a verdict (JSON nested too deep)") from None
+    except ValueError as e:  # JSONDecodeError, or an integer of more digits than Python converts
+        detail = f"{e.msg}, line {e.lineno}" if isinstance(e, json.JSONDecodeError) else str(e).split(";")[0]
+        raise InputError(f"{p}: not a verdict (malformed JSON: {detail})") from None
     if isinstance(d, Mapping) and d.get("schema") == SIGNOFF_SCHEMA:
         d = d.get("verdicts")
         if not isinstance(d, list):

@@ -29,6 +29,8 @@ def register(sub) -> None:
     p.add_argument("--min-margin", type=float, metavar="X", help="override the gate's min_margin")
     p.add_argument("--margin-space", choices=("prob", "logit"), help="override the gate's margin_space")
     p.add_argument("--max-defects", type=int, metavar="N", help="override the gate's max_defects")
+    p.add_argument("--min-confident", type=int, metavar="N",
+                   help="override the gate's min_confident (confident positions a pass needs)")
     p.add_argument("--min-cosine", type=float, metavar="X", help="override the gate's min_cosine")
     p.add_argument("--max-kl", metavar="X", help="override the gate's max_kl ('none' removes it)")
     input_path(p, "--oracle-fp32", metavar="TRACE",
@@ -104,7 +106,8 @@ def run(args) -> int:
         for name, g in gates.items():
             ctrl = g.control or "-"
             print(f"{name:12s} candidate {g.candidate:10s} control {ctrl:8s} min_margin {g.min_margin:g} "
-                  f"({g.margin_space}) max_defects {g.max_defects} min_cosine {g.min_cosine:g}"
+                  f"({g.margin_space}) max_defects {g.max_defects} min_cosine {g.min_cosine:g} "
+                  f"min_confident {g.min_confident}"
                   + (f" max_kl {g.max_kl:g}" if g.max_kl is not None else "")
                   + (f"  [{g.source}]" if g.source != "bundled" else ""))
         return 0
@@ -116,7 +119,7 @@ def run(args) -> int:
         raise InputError("--oracle TRACE and --candidate TRACE are required (running models on demand is "
                          "`flipgate compare`)")
     policy = with_overrides(gates[args.gate], min_margin=args.min_margin, margin_space=args.margin_space,
-                            max_defects=args.max_defects, min_cosine=args.min_cosine, max_kl=_max_kl(args.max_kl),
+                            max_defects=args.max_defects, min_cosine=args.min_cosine, min_confident=args.min_confident, max_kl=_max_kl(args.max_kl),
                             reference=args.reference)
     oracle, candidate = open_trace(args.oracle), open_trace(args.candidate)
     control = open_trace(args.control) if args.control else None

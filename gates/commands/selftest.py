@@ -11,8 +11,10 @@ def register(sub) -> None:
         description="Build probe candidates from an oracle trace (default: a synthetic one) whose verdict is "
                     "known in advance — a confident row forced to the runner-up, NaN/Inf rows, rows shifted by "
                     "one, another case's logits, controls that do or do not explain a flip, the oracle itself, "
-                    "the oracle plus noise below every threshold — and run the real gate on each. Exit 0 if every "
-                    "verdict is right, 1 if any is wrong (a harness bug), 2 on bad input.",
+                    "the oracle plus noise below every threshold, no confident position at all — and run the real "
+                    "gate on each; the candidate's own file or rows as its control, the oracle as the candidate and "
+                    "a failed verdict edited to pass must be refused. Exit 0 if every verdict is right, 1 if any is "
+                    "wrong (a harness bug), 2 on bad input.",
         example="flipgate selftest\nflipgate selftest --oracle oracle.safetensors --gate int8hu")
     input_path(p, "--oracle", metavar="TRACE", help="oracle trace to build the probes from "
                                                      "(default: a synthetic bf16 oracle)")

@@ -60,7 +60,8 @@ def suggested_recipe_text(name: str, candidate: Recipe, safe: Recipe, mm: Module
                   f"min_margin = {policy.min_margin!r}",
                   f"margin_space = {_toml_str(policy.margin_space)}",
                   f"max_defects = {policy.max_defects}",
-                  f"min_cosine = {policy.min_cosine!r}"]
+                  f"min_cosine = {policy.min_cosine!r}",
+                  f"min_confident = {getattr(policy, 'min_confident', 0)}"]
         if policy.max_kl is not None:
             lines.append(f"max_kl = {policy.max_kl!r}")
     return "\n".join(lines) + "\n"

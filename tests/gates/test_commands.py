@@ -127,6 +127,61 @@ def test_selftest_catches_nan_read_as_a_pass(monkeypatch):
     assert {"row-set-to-nan", "one-logit-nan", "one-logit-inf", "control-row-nan"} <= wrong
 
 
+NEW_PROBES = {"control-is-candidate": "REFUSED", "control-holds-candidate-rows": "REFUSED",
+              "oracle-as-candidate": "REFUSED", "edited-verdict": "REFUSED", "no-confident-positions": "FAIL"}
+
+
+def test_selftest_probes_the_control_the_verdict_reader_and_the_evidence_bound(capsys):
+    result = run_selftest()
+    assert result
+    by_name = {r.name: r for r in result.results}
+    for name, want in NEW_PROBES.items():
+        r = by_name[name]
+        assert r.ok and not r.skipped, (name, r.problems)
+        assert (r.refused is not None) == (want == "REFUSED"), name
+    assert "candidate's own file" in by_name["control-is-candidate"].refused
+    assert "exact rows" in by_name["control-holds-candidate-rows"].refused
+    assert "'passed' is true" in by_name["edited-verdict"].refused
+    assert any("min_confident" in x for x in by_name["no-confident-positions"].verdict.reasons)
+    assert main(["selftest"]) == 0
+    out = capsys.readouterr().out
+    assert "ok    control-is-candidate: expected REFUSED, got REFUSED" in out
+    assert "ok    no-confident-positions: expected FAIL, got FAIL" in out
+
+
+def test_selftest_catches_a_gate_that_takes_the_candidate_as_its_control(monkeypatch):
+    import gates.roles
+
+    monkeypatch.setattr(gates.roles, "check_control", lambda *a, **k: None)
+    monkeypatch.setattr(gates.roles.SameRows, "check", lambda *a, **k: None)
+    monkeypatch.setattr(gates.roles, "check_candidate", lambda *a, **k: None)
+    wrong = {r.name for r in run_selftest().wrong}
+    assert {"control-is-candidate", "control-holds-candidate-rows", "oracle-as-candidate"} <= wrong
+
+
+def test_selftest_catches_a_reader_that_believes_an_edited_verdict(monkeypatch):
+    import gates.verdict
+
+    monkeypatch.setattr(gates.verdict, "rejudge", lambda *a, **k: None)
+    result = run_selftest()
+    wrong = {r.name: r for r in result.wrong}
+    assert set(wrong) == {"edited-verdict"}
+    assert wrong["edited-verdict"].problems == ["the edited verdict was read back as a pass"]
+
+
+def test_selftest_catches_a_pass_on_no_evidence(monkeypatch):
+    real = gates.engine.summarise
+
+    def vacuous(*args, **kwargs):
+        s = real(*args, **kwargs)
+        s["reasons"] = [r for r in s["reasons"] if "min_confident" not in r]
+        return s
+
+    monkeypatch.setattr(gates.engine, "summarise", vacuous)
+    wrong = {r.name for r in run_selftest().wrong}
+    assert "no-confident-positions" in wrong
+
+
 def test_selftest_refuses_an_oracle_with_nan(tmp_path):
     logits = np.zeros((2, 8), np.float32)
     logits[1, 3] = np.nan
@@ -159,8 +214,10 @@ def test_tokenizer_fills_the_text_fields_and_its_hash_is_checked(tmp_path, scena
     ids = np.concatenate([[300, 301, 302], np.argmax(logits, axis=1)])
     meta = base_metadata(runner="t", variant="fp16", vocab_size=2048, tokenizer_sha256=digest)
     op = write_trace(tmp_path / "o.safetensors", meta, [CaseTrace("a", ids, logits)])
+    cp = write_trace(tmp_path / "c.safetensors", meta, [CaseTrace("a", ids, logits)])
     out = tmp_path / "v.json"
-    assert _gate("fp16", "--oracle", op, "--candidate", op, "--tokenizer", model, "--json", out) == 0
+    assert _gate("fp16", "--oracle", op, "--candidate", cp, "--tokenizer", model, "--json", out,
+                 "--min-confident", 0) == 0
     tok = Tokenizer.from_file(str(model / "tokenizer.json"))
     p = json.loads(out.read_text())["positions"][1]
     assert p["target_text"] == tok.decode([int(ids[4])], skip_special_tokens=False)

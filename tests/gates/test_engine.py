@@ -16,12 +16,14 @@ from hypothesis import strategies as st
 from gates import sweep
 from gates.engine import GateJob, evaluate, evaluate_many
 from gates.policy import GatePolicy
+from gates.verdict import check_verdict
 from harness.errors import InputError
 from harness.trace import CaseTrace, base_metadata, open_trace, write_trace
 
 from helpers import BF16
 
-POLICY = GatePolicy(name="t", candidate="cand", control=None, min_margin=0.1, min_cosine=-1.0)
+# min_confident 0: these tests probe other mechanisms on a handful of rows (test_roles.py tests the bound)
+POLICY = GatePolicy(name="t", candidate="cand", control=None, min_margin=0.1, min_cosine=-1.0, min_confident=0)
 
 
 def _case(cid, logits, ids=None, prompt=5, seed=0):
@@ -114,8 +116,10 @@ def test_a_non_finite_control_row_fails_even_when_the_candidate_matches(pair):
     tmp, o, op = pair
     logits = o[1].logits.copy()
     logits[0] = np.nan
-    ctrl = _write(tmp / "k.safetensors", [o[0], CaseTrace("b", o[1].input_ids, logits)])
-    v = evaluate(op, op, ctrl, policy=replace(POLICY, control="fp16"))
+    # the control: its own values (the oracle's shifted by a constant: the same argmax), one row NaN
+    ctrl = _write(tmp / "k.safetensors", [CaseTrace("a", o[0].input_ids, o[0].logits + 0.5),
+                                          CaseTrace("b", o[1].input_ids, logits + 0.5)])
+    v = evaluate(op, _write(tmp / "same.safetensors", o), ctrl, policy=replace(POLICY, control="cand"))
     assert not v and v.summary["invalid"] == 1
     bad = [p for p in v.positions if p["class"] == "invalid"]
     assert [(p["case"], p["row"], p["nonfinite"]) for p in bad] == [("b", 0, "control")]
@@ -133,7 +137,7 @@ def test_an_oracle_row_with_nan_is_an_input_error_naming_case_and_row(pair):
 def test_no_positions_never_passes(tmp_path):
     meta = base_metadata(runner="test", variant="x", vocab_size=8)
     empty = write_trace(tmp_path / "e.safetensors", meta, [])
-    v = evaluate(empty, empty, policy=POLICY)
+    v = evaluate(empty, write_trace(tmp_path / "c.safetensors", meta, []), policy=POLICY)
     assert not v and v.reasons == ["no scored positions", "min cosine nan below min_cosine -1.0"]
 
 
@@ -227,7 +231,7 @@ def test_classes_agree_with_a_plain_reading_of_the_rule(tmp_path, seed, space, m
     d.mkdir()
     op = _write(d / "o.safetensors", [CaseTrace("x", ids, o)])
     cp = _write(d / "c.safetensors", [CaseTrace("x", ids, c)])
-    kp = _write(d / "k.safetensors", [CaseTrace("x", ids, k)]) if control else None
+    kp = _write(d / "k.safetensors", [CaseTrace("x", ids, k)], variant="fp16") if control else None
     pol = replace(POLICY, margin_space=space, min_margin=margin, control="fp16" if control else None)
     v = evaluate(op, cp, kp, policy=pol)
     f64 = lambda a: None if a is None else a.astype(np.float32).astype(np.float64)  # noqa: E731
@@ -236,6 +240,7 @@ def test_classes_agree_with_a_plain_reading_of_the_rule(tmp_path, seed, space, m
               ("match", "tie-flip", "oracle-artifact", "defect", "invalid")}
     assert v.summary["exact"] == counts["match"] and v.summary["rule"] == counts["match"] + counts["tie-flip"]
     assert v.passed == (counts["defect"] == 0 and counts["invalid"] == 0)
+    check_verdict(json.loads(v.to_json()))  # the verdict, read back, re-judges to itself
 
 
 # ---- one answer whatever the storage, the order of work, or the run ------------------------------
@@ -293,7 +298,8 @@ def test_long_cases_are_read_in_bounded_blocks(tmp_path, monkeypatch):
     rng = np.random.default_rng(6)
     o = rng.normal(size=(40, 32)).astype(np.float32)
     op = _write(tmp_path / "o.safetensors", [_case("a", o)])
-    whole = evaluate(op, op, policy=POLICY).to_json()
+    cp = _write(tmp_path / "c.safetensors", [_case("a", o)])  # the oracle's rows in another file
+    whole = evaluate(op, cp, policy=POLICY).to_json()
     seen = []
     real = engine.Trace.logits_rows
 
@@ -304,7 +310,7 @@ def test_long_cases_are_read_in_bounded_blocks(tmp_path, monkeypatch):
     monkeypatch.setattr(engine.Trace, "logits_rows", spy)
     monkeypatch.setattr(engine, "READ_BYTES", 32 * 4 * 8)  # 8 rows a read
     monkeypatch.setattr(engine.metrics, "CHUNK_ELEMENTS", 32 * 4)
-    assert evaluate(op, op, policy=POLICY).to_json() == whole
+    assert evaluate(op, cp, policy=POLICY).to_json() == whole
     assert seen and max(seen) == 8 and sum(seen) == 80
 
 
@@ -321,19 +327,23 @@ def test_a_gate_run_without_its_control_says_so_and_counts_flips_as_defects(pair
     v = evaluate(op, cp, policy=pol)
     assert v.policy["control"] is None and "no control trace was given" in v.summary["notes"][0]
     assert v.positions[r]["class"] == "defect"
-    v2 = evaluate(op, cp, cp, policy=replace(POLICY, min_margin=0.0))
-    assert v2.policy["control"] == f"trace:{cp}" and v2.positions[r]["class"] == "oracle-artifact"
+    # a control that flips identically (its own run: the same argmax, other values)
+    kp = _write(tmp / "k.safetensors", [CaseTrace("a", o[0].input_ids, logits + 0.5),
+                                         CaseTrace("b", o[1].input_ids, o[1].logits + 0.5)])
+    v2 = evaluate(op, cp, kp, policy=replace(POLICY, min_margin=0.0))
+    assert v2.policy["control"] == f"trace:{kp}" and v2.positions[r]["class"] == "oracle-artifact"
 
 
 def test_a_variant_other_than_the_gates_candidate_is_noted(pair):
     tmp, o, op = pair
-    v = evaluate(op, op, policy=replace(POLICY, candidate="int8hu"))
+    v = evaluate(op, _write(tmp / "same.safetensors", o), policy=replace(POLICY, candidate="int8hu"))
     assert any("variant 'cand' is not the gate's candidate 'int8hu'" in n for n in v.summary["notes"])
 
 
 def test_decode_fills_the_text_fields(pair):
     tmp, o, op = pair
-    v = evaluate(op, op, policy=POLICY, decode=lambda ids: "".join(f"<{i}>" for i in ids))
+    v = evaluate(op, _write(tmp / "same.safetensors", o), policy=POLICY,
+                 decode=lambda ids: "".join(f"<{i}>" for i in ids))
     p = v.positions[0]
     ids = o[0].input_ids
     assert p["target_text"] == f"<{ids[p['position']]}>"

@@ -21,7 +21,9 @@ from helpers import BF16
 
 V = 12
 IDS = np.arange(20, 28, dtype=np.int64) % V  # 3 prompt tokens + 5 scored rows
-POLICY = GatePolicy(name="g", candidate="cand", control="ctrl", min_margin=0.1, max_defects=1, min_cosine=-1.0)
+# five rows, four confident: min_confident 0 (test_roles.py tests the bound)
+POLICY = GatePolicy(name="g", candidate="cand", control="ctrl", min_margin=0.1, max_defects=1, min_cosine=-1.0,
+                    min_confident=0)
 
 
 def _rows(*tops: tuple[int, float, int, float]) -> np.ndarray:
@@ -121,7 +123,7 @@ def test_bad_fp32_input_is_refused(traces, tmp_path):
 def test_config_key_and_flags(traces, tmp_path, capsys):
     cfg = tmp_path / "flipgate.toml"
     cfg.write_text('[gates.g]\ncandidate = "cand"\ncontrol = "ctrl"\nmax_defects = 1\nmin_cosine = -1.0\n'
-                   'oracle_fp32 = "fp32.safetensors"\n')
+                   'min_confident = 0\noracle_fp32 = "fp32.safetensors"\n')
     g = load_gates(cfg)["g"]
     assert g.oracle_fp32 == str(tmp_path / "fp32.safetensors") and g.reference == "oracle"
     args = ["gate", "g", "--config", str(cfg), "--oracle", str(traces["oracle"]), "--candidate", str(traces["cand"]),

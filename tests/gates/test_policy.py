@@ -19,12 +19,12 @@ def test_the_bundled_gates(monkeypatch, tmp_path):
         g = gates[name]
         assert g.candidate == name and g.control == "fp16"
     for g in gates.values():
-        assert (g.min_margin, g.margin_space, g.max_defects, g.max_kl) == (0.1, "prob", 0, None)
+        assert (g.min_margin, g.margin_space, g.max_defects, g.max_kl, g.min_confident) == (0.1, "prob", 0, None, 12)
         assert 0.9 <= g.min_cosine < 1.0 and g.source == "bundled"
     assert bundled_gates_path().is_file()
     d = gates["int8hu"].to_dict()
     assert list(d) == ["name", "candidate", "control", "min_margin", "margin_space", "max_defects", "min_cosine",
-                       "max_kl", "description", "source", "oracle_fp32", "reference"]
+                       "max_kl", "min_confident", "description", "source", "oracle_fp32", "reference"]
     assert GatePolicy.from_dict(d) == gates["int8hu"]
 
 
@@ -50,7 +50,7 @@ def test_flipgate_toml_in_the_working_directory_is_picked_up(monkeypatch, tmp_pa
 
 @pytest.mark.parametrize("body, message", [
     ('[gates.int8hu]\nmin_cosin = 0.9\n', r"\[gates.int8hu\] unknown key 'min_cosin' \(valid keys: candidate, control, "
-                                          r"min_margin, margin_space, max_defects, min_cosine, max_kl, description, "
+                                          r"min_margin, margin_space, max_defects, min_cosine, max_kl, min_confident, description, "
                                           r"oracle_fp32, reference\)"),
     ('[gates.int8hu]\nmargin_space = "log"\n', r"margin_space = 'log': valid values: prob, logit"),
     ('[gates.int8hu]\nmin_margin = -0.1\n', r"min_margin = -0.1: must lie in"),

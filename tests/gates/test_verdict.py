@@ -53,17 +53,22 @@ def test_json_is_deterministic_and_round_trips(verdict, tmp_path):
 
 def test_nan_and_inf_are_explicit_strings_and_come_back_as_floats(verdict):
     d = verdict.to_dict()
-    d["summary"]["min_cosine"] = math.nan
-    d["summary"]["max_kl"] = math.inf
+    # a consistent verdict with NaN and ±Inf in it (the reader re-judges what it reads)
+    d["positions"][0]["cosine"] = math.nan
     d["positions"][0]["kl"] = -math.inf
+    d["positions"][1]["kl"] = math.inf
+    d["summary"].update(min_cosine=math.nan, mean_cosine=math.nan, max_kl=math.inf, mean_kl=math.nan,
+                        reasons=["min cosine nan below min_cosine 0.99"])
+    d["passed"] = False
     d["positions"][0]["target_text"] = "NaN"  # text that looks like a number stays text
     v = Verdict.from_dict(d)
     text = v.to_json()
     parsed = json.loads(text)  # strict JSON: no bare NaN tokens
     assert parsed["summary"]["min_cosine"] == "NaN" and parsed["summary"]["max_kl"] == "Infinity"
-    assert parsed["positions"][0]["kl"] == "-Infinity"
+    assert parsed["positions"][0]["kl"] == "-Infinity" and parsed["positions"][0]["cosine"] == "NaN"
     back = Verdict.from_dict(parsed)
     assert math.isnan(back.summary["min_cosine"]) and back.summary["max_kl"] == math.inf
+    assert back.positions[0]["kl"] == -math.inf and math.isnan(back.positions[0]["cosine"])
     assert back.positions[0]["target_text"] == "NaN"
     assert "min cos NaN" in back.one_line()
 

@@ -78,12 +78,16 @@ def setup(tmp_path_factory):
         oracle = capture_to_trace(emulated_candidate("fp16", model=model_dir), [Sequence(CASE, ids, ROWS)],
                                   root / "oracle.safetensors", vocab_size=2048)
     report_dir, record = root / "reports", root / "record.json"
+    # one case of 12 rows: below the bundled min_confident (12 confident positions), not what this is about
+    config = root / "flipgate.toml"
+    config.write_text("[gates.int8lin]\nmin_confident = 1\n", encoding="utf-8")
     rc = main(["localise", "int8lin", "--model", str(model_dir), "--oracle", str(oracle), "--cache",
-               str(root / "cache"), "--report-dir", str(report_dir), "--json", str(record), "--quiet"])
+               str(root / "cache"), "--report-dir", str(report_dir), "--json", str(record), "--quiet",
+               "--config", str(config)])
     folders = sorted(report_dir.glob("localise-int8lin-*"))
     traces = sorted((root / "cache" / "traces").glob("*.safetensors"))
     return {"root": root, "model": model_dir, "oracle": oracle, "ids": ids, "rc": rc, "record": record,
-            "folder": folders[-1] if folders else None, "traces": traces}
+            "folder": folders[-1] if folders else None, "traces": traces, "config": config}
 
 
 def _trace(setup, prefix: str) -> Path:
@@ -172,7 +176,8 @@ def test_localisation_section_in_the_gate_report(setup):
     from gates.engine import evaluate
     from gates.policy import get_gate
 
-    verdict = evaluate(setup["oracle"], _trace(setup, "int8lin"), _trace(setup, "fp16"), policy=get_gate("int8lin"))
+    verdict = evaluate(setup["oracle"], _trace(setup, "int8lin"), _trace(setup, "fp16"),
+                       policy=get_gate("int8lin", setup["config"]))
     record = json.loads(setup["record"].read_text())
     report = build_report([verdict], title="int8lin", localisations=[record])
     html = render_html(report, plots={})
@@ -219,7 +224,8 @@ def test_trials_replay_layers_bit_identically_and_reproduce_the_capture(setup):
 def test_budget_too_small_reports_best_partial_result_and_what_it_did_not_try(setup):
     from gates.policy import get_gate
 
-    loc = localise_traces(get_gate("int8lin"), oracle=setup["oracle"], candidate_trace=_trace(setup, "int8lin"),
+    loc = localise_traces(get_gate("int8lin", setup["config"]), oracle=setup["oracle"],
+                          candidate_trace=_trace(setup, "int8lin"),
                           control=_trace(setup, "fp16"), candidate=get_recipe("int8lin"), safe=get_recipe("fp16"),
                           model_dir=setup["model"], budget=3, verify=False)
     assert not loc and not loc.complete
@@ -242,8 +248,12 @@ def module_map_units(setup):
 def test_gate_without_defects_says_so(setup, capsys):
     from gates.policy import get_gate
 
-    # the oracle itself as the candidate's trace: nothing flips
-    loc = localise_traces(get_gate("int8lin"), oracle=setup["oracle"], candidate_trace=setup["oracle"],
+    from harness.trace import open_trace, write_trace
+
+    # the oracle's rows as the candidate's trace (a copy: the oracle's own file is refused): nothing flips
+    o = open_trace(setup["oracle"])
+    same = write_trace(setup["root"] / "oracle-rows.safetensors", {**o.metadata, "variant": "int8lin"}, list(o))
+    loc = localise_traces(get_gate("int8lin", setup["config"]), oracle=setup["oracle"], candidate_trace=same,
                           control=None, candidate=get_recipe("int8lin"), safe=get_recipe("fp16"),
                           model_dir=setup["model"], verify=False)
     assert loc and loc.no_defects and loc.stats == {}

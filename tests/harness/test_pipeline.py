@@ -106,7 +106,7 @@ def test_cache_computes_each_trace_once_reuses_it_and_refreshes_on_demand(fixtur
     config = tmp_path / "flipgate.toml"
     config.write_text(
         f'[gates.a]\ncandidate = "trace:{fixture_traces["cand"]}"\ncontrol = "trace:{fixture_traces["ctrl"]}"\n'
-        f'min_cosine = 0.9\n'
+        f'min_cosine = 0.9\nmin_confident = 0\n'
         f'[gates.b]\ncandidate = "trace:{fixture_traces["cand"]}"\ncontrol = "trace:{fixture_traces["ctrl"]}"\n'
         f'min_cosine = 0.9\nmax_kl = 1e-9\n', encoding="utf-8")
     cache = tmp_path / "cache"

@@ -94,7 +94,8 @@ def assert_items_agree(junit: Path, verdict_path: Path) -> dict[str, dict]:
         assert cases[name]["classname"] == f"flipgate.{gate}"
     s, pol = v["summary"], v["policy"]
     bounds = {"min_cosine": isinstance(s["min_cosine"], float) and s["min_cosine"] >= pol["min_cosine"],
-              "max_defects": s["defects"] <= pol["max_defects"]}
+              "max_defects": s["defects"] <= pol["max_defects"],
+              "min_confident": s["confident"] >= pol.get("min_confident", 0)}
     if pol.get("max_kl") is not None:
         bounds["max_kl"] = s["max_kl"] <= pol["max_kl"]
     for bound, ok in bounds.items():
@@ -232,12 +233,13 @@ def test_int8hu_on_the_qwen36_scenario_passes_and_reports_its_flips(pytester, qw
     result = pytester.runpytest("--gate", "int8hu", *given(qwen36, "int8hu"), f"--gate-cache={tmp_path / 'c'}",
                                 f"--gate-report-dir={tmp_path / 'reports'}", f"--junitxml={junit}", "-v", "-rA")
     assert result.ret == pytest.ExitCode.OK
-    result.assert_outcomes(passed=16 + 2)  # 16 positions, min_cosine and max_defects (no max_kl set)
+    result.assert_outcomes(passed=16 + 3)  # 16 positions, min_cosine, max_defects, min_confident (no max_kl)
     result.stdout.fnmatch_lines([
         f"gate?int8hu?/{ARTIFACT} PASSED (oracle-artifact)*",
         f"gate?int8hu?/{TIE} PASSED (tie-flip)*",
         "gate?int8hu?/min_cosine PASSED*",
         "gate?int8hu?/max_defects PASSED*",
+        "gate?int8hu?/min_confident PASSED*",
     ])
     # -rA: the reported passes carry the flip row, titled by the item
     result.stdout.fnmatch_lines([f"*flipgate oracle-artifact*", "oracle-artifact: the control flips to the same*",
@@ -247,7 +249,7 @@ def test_int8hu_on_the_qwen36_scenario_passes_and_reports_its_flips(pytester, qw
     tail = result.outlines[-3:]
     assert tail[0].startswith("int8hu: PASS — exact 14/16, rule 15/16, 0 defects, 1 oracle-artifact"), tail
     assert "; evidence: " in tail[0]  # the line names what the candidate's rows are
-    assert tail[1].startswith("report: ") and tail[2].startswith("=") and "18 passed" in tail[2]
+    assert tail[1].startswith("report: ") and tail[2].startswith("=") and "19 passed" in tail[2]
     folder = report_folder(result)
     assert folder.parent == tmp_path / "reports" and folder.name.startswith("pytest-")
     assert {"int8hu.verdict.json", "report.html", "report.md", "report.json", "report.csv"} <= \
@@ -313,7 +315,7 @@ def test_max_defects_from_the_rootdir_config_turns_the_defect_into_an_xfail(pyte
     result = pytester.runpytest("--gate", "int4lin", *given(qwen36, "int4lin"), f"--gate-cache={tmp_path / 'c'}",
                                 f"--junitxml={junit}", "-rx")
     assert result.ret == pytest.ExitCode.OK
-    result.assert_outcomes(passed=17, xfailed=1)
+    result.assert_outcomes(passed=18, xfailed=1)
     result.stdout.fnmatch_lines([f"XFAIL gate?int4lin?/{DEFECT} - defect: *allowed: 1 defects <= max_defects 1*"])
     assert "flipgate.toml" in result.stdout.str()  # the header names the config in use
     assert_items_agree(junit, report_folder(result) / "int4lin.verdict.json")
@@ -342,13 +344,30 @@ def test_nan_in_the_candidate_never_passes(pytester, qwen36, tmp_path):
     assert "NaN" in cases["gate[int8hu]/min_cosine"]["message"]
 
 
+def test_too_few_confident_positions_fail_the_min_confident_item(pytester, tmp_path):
+    from harness.trace import CaseTrace, base_metadata, write_trace
+
+    ids = np.arange(20, dtype=np.int64) % 50
+    flat = [CaseTrace("a", ids, np.ones((16, 50), np.float32))]  # all-equal logits: no confident position
+    o = write_trace(tmp_path / "o.safetensors", base_metadata(runner="t", variant="bf16", vocab_size=50), flat)
+    c = write_trace(tmp_path / "c.safetensors", base_metadata(runner="t", variant="fp16", vocab_size=50), flat)
+    junit = tmp_path / "j.xml"
+    result = pytester.runpytest("--gate", "fp16", f"--gate-oracle={o}", f"--gate-candidate={c}",
+                                f"--gate-cache={tmp_path / 'c'}", f"--junitxml={junit}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # on the main before issue 13: 18 passed, exit 0
+    result.assert_outcomes(passed=16 + 2, failed=1)
+    cases = assert_items_agree(junit, report_folder(result) / "fp16.verdict.json")
+    assert cases["gate[fp16]/min_confident"]["message"].startswith(
+        "min_confident: 0 confident position(s), fewer than min_confident 12")
+
+
 def test_a_max_kl_bound_gets_its_own_item(pytester, qwen36, tmp_path):
     pytester.makefile(".toml", flipgate="[gates.int8hu]\nmax_kl = 1e-6\n")
     junit = tmp_path / "j.xml"
     result = pytester.runpytest("--gate", "int8hu", *given(qwen36, "int8hu"), f"--gate-cache={tmp_path / 'c'}",
                                 f"--junitxml={junit}")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.assert_outcomes(passed=16 + 2, failed=1)
+    result.assert_outcomes(passed=16 + 3, failed=1)
     cases = assert_items_agree(junit, report_folder(result) / "int8hu.verdict.json")
     assert cases["gate[int8hu]/max_kl"]["message"].startswith("max_kl: highest KL ")
     assert "above the bound 0.000001" in cases["gate[int8hu]/max_kl"]["message"]
@@ -358,8 +377,8 @@ def test_selection_and_verbosity_flags_work_on_gate_items(pytester, qwen36, tmp_
     args = ["--gate", "int4lin", *given(qwen36, "int4lin"), f"--gate-cache={tmp_path / 'c'}"]
     result = pytester.runpytest(*args, "-k", "tie-flip or oracle-artifact")
     assert result.ret == pytest.ExitCode.OK  # the failing items are deselected
-    result.assert_outcomes(passed=1, deselected=17)  # int4lin has no tie-flip, one oracle-artifact
-    assert "[1 of 18 items selected]" in result.stdout.str()
+    result.assert_outcomes(passed=1, deselected=18)  # int4lin has no tie-flip, one oracle-artifact
+    assert "[1 of 19 items selected]" in result.stdout.str()
 
     result = pytester.runpytest(*args, "-m", "flipgate", "-x")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
@@ -379,10 +398,10 @@ def test_gate_runs_instead_of_the_projects_tests_unless_their_paths_are_named(py
     pytester.makepyfile(test_project=PROJECT_TESTS)
     args = ["--gate", "int8hu", *given(qwen36, "int8hu"), f"--gate-cache={tmp_path / 'c'}"]
     only_gate = pytester.runpytest(*args)
-    only_gate.assert_outcomes(passed=18)
+    only_gate.assert_outcomes(passed=19)
     assert only_gate.ret == pytest.ExitCode.OK
     both = pytester.runpytest(*args, "test_project.py")
-    both.assert_outcomes(passed=19, failed=1, skipped=1)
+    both.assert_outcomes(passed=20, failed=1, skipped=1)
     assert both.ret == pytest.ExitCode.TESTS_FAILED
 
 

@@ -166,3 +166,39 @@ def test_report_dir_that_is_a_file_is_an_input_error(tmp_path, verdict_files, ca
     f.write_text("x")
     assert main(["signoff", "fp16", "--report-dir", str(f), "--verdicts", str(verdict_files["fp16"]), "--quiet"]) == 2
     assert "--report-dir must be a folder" in capsys.readouterr().err
+
+
+def _edited(verdict_files, tmp_path, gate="int4lin") -> Path:
+    """A failed verdict with a defect listed, its `passed` edited to true (nothing else changed)."""
+    d = json.loads(verdict_files[gate].read_text(encoding="utf-8"))
+    assert d["passed"] is False and d["summary"]["defects"] == 1
+    d["passed"] = True
+    path = tmp_path / f"{gate}-edited.json"
+    path.write_text(json.dumps(d), encoding="utf-8")
+    return path
+
+
+def test_report_signoff_and_compare_refuse_an_edited_verdict(tmp_path, verdict_files, capsys):
+    # main: `report` printed "int4lin: PASS" and `signoff --verdicts` exited 0 with a PASS banner
+    edited = _edited(verdict_files, tmp_path)
+    runs = {"report": ["report", str(edited)],
+            "signoff": ["signoff", "int4lin", "--report-dir", str(tmp_path / "signoffs"), "--verdicts", str(edited)],
+            "compare": ["compare", "--report-dir", str(tmp_path / "cmp"), "--verdicts", str(edited),
+                        str(verdict_files["int8hu"])]}
+    for name, args in runs.items():
+        assert main(args) == 2, name
+        captured = capsys.readouterr()
+        assert "PASS" not in captured.out, name
+        err = captured.err.strip()
+        assert len(err.splitlines()) == 1 and str(edited) in err, (name, err)
+        assert "'passed' is true, but its own positions fail the gate (1 defect" in err, (name, err)
+    assert not (tmp_path / "signoffs").exists() and not (tmp_path / "cmp").exists()  # nothing half-written
+
+
+def test_an_edited_verdict_inside_a_signoff_or_comparison_json_is_refused(tmp_path, verdict_files, capsys):
+    d = json.loads(verdict_files["int4lin"].read_text(encoding="utf-8"))
+    d["passed"] = True
+    bundle = tmp_path / "comparison.json"
+    bundle.write_text(json.dumps([json.loads(verdict_files["int8hu"].read_text(encoding="utf-8")), d]))
+    assert main(["report", str(bundle)]) == 2
+    assert f"{bundle}: verdict 1: 'passed' is true" in capsys.readouterr().err
