@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import InputError
+from harness.evidence import evidence_of
 from harness.trace import Trace
 
 ORACLE_RUNNERS = ("hf", "hf-stream")
@@ -196,7 +197,7 @@ class SameRows:
 def identity(t: Trace, rows: RowsDigest | None) -> dict:
     """What the verdict's provenance records of a trace's identity."""
     out = {"path": str(t.path), "runner": t.runner, "variant": t.variant,
-           "evidence": t.metadata.get("evidence", ""), "weights": weights_identity(t) or ""}
+           "evidence": evidence_of(t.metadata), "weights": weights_identity(t) or ""}
     if rows is not None:
         out["logits_sha256"] = rows.sha256
     return out

@@ -235,7 +235,7 @@ def rejudge(d, source: str = "verdict") -> None:
     has_control = pol.get("control") is not None
 
     counts = dict.fromkeys(CLASSES, 0)
-    confident_lo = confident_hi = 0
+    confident_lo = confident_hi = judged_lo = judged_hi = 0
     cosines: list[float] = []
     kls: list[float] = []
     for i, p in enumerate(d["positions"]):
@@ -286,6 +286,9 @@ def rejudge(d, source: str = "verdict") -> None:
         counts[cls] += 1
         confident_lo += confident == {True}
         confident_hi += True in confident
+        if cls in ("match", "oracle-artifact", "defect"):  # what the defect-rate bound counts
+            judged_lo += confident == {True}
+            judged_hi += True in confident
         cosines.append(cosine)
         kls.append(kl)
 
@@ -301,6 +304,19 @@ def rejudge(d, source: str = "verdict") -> None:
     if not confident_lo <= confident <= confident_hi:
         raise InputError(f"{w} confident = {confident} disagrees with its positions "
                          f"({confident_lo if confident_lo == confident_hi else f'{confident_lo} to {confident_hi}'})")
+    # the bound a report states in words ("below 0.29 % at 95 %") is recomputed, never read
+    if "confident_judged" in s or "defect_rate_upper_95" in s:
+        judged = _int(s.get("confident_judged", confident), f"{w} confident_judged")
+        if not judged_lo <= judged <= judged_hi:
+            raise InputError(f"{w} confident_judged = {judged} disagrees with its positions")
+        if "defect_rate_upper_95" in s:
+            from .metrics import defect_rate_upper
+
+            stored = _real(s["defect_rate_upper_95"], f"{w} defect_rate_upper_95", none=True)
+            value = defect_rate_upper(counts["defect"], judged)
+            if (stored is None) != (value is None) or (stored is not None and not _same(stored, value, rel=1e-6)):
+                raise InputError(f"{w} defect_rate_upper_95 = {_short(s['defect_rate_upper_95'])} disagrees with "
+                                 f"{counts['defect']} defect(s) in {judged} confident positions ({value!r})")
     min_cos, max_kl_seen = _extreme(cosines, min), _extreme(kls, max)
     for key, value, rel in (("min_cosine", min_cos, _ROUNDING), ("mean_cosine", _mean(cosines), 1e-6),
                             ("mean_kl", _mean(kls), 1e-6), ("max_kl", max_kl_seen, _ROUNDING)):

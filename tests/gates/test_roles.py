@@ -77,13 +77,14 @@ def test_one_case_of_the_candidates_rows_is_enough_to_refuse(q, tmp_path):
     meta = dict(open_trace(q["oracle"]).metadata)
 
     def two(name, first, runner, variant):
-        m = {**meta, "runner": runner, "variant": variant}
+        # not the oracle's evidence claim: a trace that says `oracle` is refused as a candidate outright
+        m = {**meta, "runner": runner, "variant": variant, "evidence": "emulation"}
         return write_trace(tmp_path / name, m, [CaseTrace("a", ids, first), CaseTrace("b", ids, ctrl)])
 
     o = write_trace(tmp_path / "o.safetensors", meta, [CaseTrace("a", ids, open_trace(q["oracle"]).case("qwen36").logits),
                                                        CaseTrace("b", ids, open_trace(q["oracle"]).case("qwen36").logits)])
     c = two("c.safetensors", cand, "emulated", "int4lin")
-    k = write_trace(tmp_path / "k.safetensors", {**meta, "runner": "emulated", "variant": "fp16"},
+    k = write_trace(tmp_path / "k.safetensors", {**meta, "runner": "emulated", "variant": "fp16", "evidence": "emulation"},
                     [CaseTrace("a", ids, cand), CaseTrace("b", ids, ctrl + np.float16(0.5))])
     with pytest.raises(InputError, match="holds the candidate's exact rows \\(case 'a'"):
         evaluate(o, c, k, policy=get_gate("int4lin"))
@@ -128,7 +129,7 @@ def test_the_verdict_records_the_controls_identity(q, tmp_path):
     ctrl, cand = v.provenance["control"], v.provenance["candidate"]
     assert (ctrl["path"], ctrl["runner"], ctrl["variant"]) == (str(q["fp16"]), "emulated", "fp16")
     assert (cand["path"], cand["runner"], cand["variant"]) == (str(q["int8hu"]), "emulated", "int8hu")
-    assert ctrl["evidence"] == "" and len(ctrl["logits_sha256"]) == 64
+    assert ctrl["evidence"] == "emulation" and len(ctrl["logits_sha256"]) == 64
     # a content hash: the same rows under another name and metadata hash the same, other rows not
     moved = _rewrite(q["fp16"], tmp_path / "moved.safetensors", runner="import")
     t = open_trace(q["fp16"])
@@ -151,7 +152,7 @@ def test_the_oracle_as_candidate_or_control_is_refused(q, tmp_path, capsys):
     copy = tmp_path / "oracle-copy.safetensors"
     shutil.copyfile(q["oracle"], copy)  # runner hf, variant bf16: an oracle trace under another name
     assert _gate("int8hu", "--oracle", q["oracle"], "--candidate", copy, "--control", q["fp16"]) == 2
-    assert "is an oracle trace (runner hf, variant bf16)" in capsys.readouterr().err
+    assert "is an oracle trace (runner hf, variant bf16" in capsys.readouterr().err
     fp32 = _rewrite(q["oracle"], tmp_path / "fp32.safetensors", variant="fp32", dtype=np.float32)
     with pytest.raises(InputError, match="control trace .* is an oracle trace"):
         evaluate(q["oracle"], q["int8hu"], fp32, policy=get_gate("int8hu"))

@@ -139,6 +139,11 @@ def test_a_margin_within_rounding_of_the_threshold_keeps_the_verdicts_reading(in
         if cls == "defect":
             d["passed"], d["summary"]["reasons"] = False, ["1 defect(s), max_defects 0"]
             d["summary"].update(tie_flips=0, defects=1, rule=d["summary"]["rule"] - 1)
+            if "confident_judged" in d["summary"]:  # the defect-rate bound counts it now
+                from gates.metrics import defect_rate_upper
+
+                judged = d["summary"]["confident_judged"] + 1
+                d["summary"].update(confident_judged=judged, defect_rate_upper_95=defect_rate_upper(1, judged))
         _load(d, tmp_path)
     d["positions"][row]["margin"] = d["positions"][row]["margin_prob"] = d["policy"]["min_margin"] - 1e-3
     _refused(d, tmp_path, "confident = true disagrees with its margin")

@@ -71,6 +71,14 @@ def test_a_pinned_case_file_hashes_like_its_trace(tmp_path):
 # refusing to mix case sets: gate, merge, compare
 
 
+def _copy_as_candidate(trace, dest):
+    """The same rows under another file name: a trace may not be judged against its own file."""
+    import shutil
+
+    shutil.copyfile(trace, dest)
+    return dest
+
+
 def _pair(tmp_path, vocab=32):
     """An oracle trace and a candidate of another case set (one token of case 'b' differs)."""
     a, b = make_case("a", vocab=vocab, seed=1), make_case("b", vocab=vocab, seed=2)
@@ -153,7 +161,8 @@ def test_compare_refuses_verdicts_of_different_case_sets(tmp_path, capsys):
 
     oracle, other, same = _pair(tmp_path)
     v1 = evaluate(oracle, same, policy=GatePolicy(name="one", candidate="int8hu"))
-    v2 = evaluate(other, other, policy=GatePolicy(name="two", candidate="int8hu"))
+    other_cand = _copy_as_candidate(other, tmp_path / "other-int8hu.safetensors")
+    v2 = evaluate(other, other_cand, policy=GatePolicy(name="two", candidate="int8hu"))
     p1, p2 = v1.write(tmp_path / "one.json"), v2.write(tmp_path / "two.json")
     h1, h2 = v1.provenance["case_set_sha256"], v2.provenance["case_set_sha256"]
     assert h1 != h2

@@ -72,6 +72,10 @@ def rejudged(v: dict) -> dict:
     s["confident_flips"] = flips
     s["confident_flip_rate"] = flips / s["confident"] if s["confident"] else None
     s["confident_flip_rate_ci95"] = list(wilson_interval(flips, s["confident"]))
+    if "defect_rate_upper_95" in s:
+        from gates.metrics import defect_rate_upper
+
+        s["defect_rate_upper_95"] = defect_rate_upper(s["defects"], s.get("confident_judged", s["confident"]))
     s["reasons"] = [f"{s['defects']} defect(s), max_defects 0"] if s["defects"] else []
     v["passed"] = s["defects"] == 0 and s["invalid"] == 0 and s["min_cosine"] >= v["policy"]["min_cosine"]
     return v
@@ -81,7 +85,7 @@ def flip_to_defect(v: dict) -> dict:
     """The first confident match becomes a confident flip to the oracle's runner-up (a defect)."""
     p = next(p for p in v["positions"] if p["class"] == "match" and p["margin"] >= 0.3)
     p["candidate_top1"], p["candidate_top1_text"] = p["oracle_top2"], p.get("oracle_top2_text")
-    p["class"] = "defect"
+    p["class"], p["oracle_rank_in_candidate"] = "defect", 2
     return rejudged(v)
 
 

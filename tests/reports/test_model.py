@@ -138,6 +138,10 @@ def test_csv_neutralises_formula_cells_but_not_numbers_and_the_json_keeps_them(s
         p["target_text"] = p["oracle_top1_text"] = text
     v["positions"][0]["case"] = "=cmd|' /C calc'!A0"
     v["positions"][1]["cosine"] = -0.25  # a number, however it starts
+    cosines = [q["cosine"] for q in v["positions"]]  # the verdict stays one its positions support
+    v["summary"].update(min_cosine=min(cosines), mean_cosine=sum(cosines) / len(cosines))
+    v["passed"] = False
+    v["summary"]["reasons"] = [f"min cosine -0.25 < min_cosine {v['policy']['min_cosine']}"]
     text = render(build_report([v]), "csv")
     frame = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])
     assert list(frame["target_text"][:len(FORMULAS)]) == ["'" + t for t in FORMULAS]
