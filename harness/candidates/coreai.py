@@ -28,7 +28,7 @@ from ..coreai.bundle import (
     AssetAudit, LanguageBundle, VariantCheck, audit_asset, audit_claim, check_functions, check_tokenizer,
     claimed_variant, open_bundle,
 )
-from ..coreai.logits_file import LogitsFileError, read_logits_file, scored_rows, write_raw_tokens
+from ..coreai.logits_file import LogitsFileError, case_file, read_logits_file, scored_rows, write_raw_tokens
 from ..coreai.runtime import (
     COMPUTE_UNITS, MACOS_ONLY, RunnerError, backend_description, find_llm_runner, load_runtime,
     uses_os_runtime,
@@ -176,8 +176,8 @@ class LlmRunnerCandidate(_BundleCandidate):
                 yield self._run_case(seq, folder)
 
     def _run_case(self, seq: Sequence, folder: Path) -> CaseTrace:
-        raw = write_raw_tokens(folder / f"{seq.case_id}.tokens.json", seq.input_ids.tolist())
-        out = folder / f"{seq.case_id}.logits.json"
+        raw = write_raw_tokens(case_file(folder, seq.case_id, ".tokens.json"), seq.input_ids.tolist())
+        out = case_file(folder, seq.case_id, ".logits.json")
         out.unlink(missing_ok=True)
         argv = self.argv(raw, out)
         where = f"case {seq.case_id!r}: llm-runner"
