@@ -54,19 +54,20 @@ def run(args) -> int:
         recipes = load_recipes(args.config)
         if args.variant and args.variant not in recipes:
             raise InputError(f"unknown variant {args.variant!r}: valid variants are {', '.join(recipes)}")
-        fits = fitting_variants(audit, variant_expectations(meta_model(model_dir), recipes))
+        expectations = variant_expectations(meta_model(model_dir), recipes)
+        fits = fitting_variants(audit, expectations)
         # metadata.json's own claim is checked whether or not --variant is given; a name that is no
         # recipe cannot be checked, and inspect says so (a candidate refuses to claim it)
         claims = []
-        if md.compression is not None and md.compression in recipes:
+        if md.compression and md.compression in recipes:
             claims.append(VariantClaim(md.compression, f"{md.path} 'compression'"))
-        elif md.compression is not None:
+        elif md.compression:
             unchecked = (f"metadata.json's compression {md.compression!r} names no recipe: not checked "
                          f"(a coreai: candidate refuses to claim it; give ?variant=NAME)")
         if args.variant and args.variant != md.compression:
             claims.append(VariantClaim(args.variant, "--variant"))
         for claim in claims:
-            checks.append(audit_claim(bundle, audit, claim, recipes, model_dir))
+            checks.append(audit_claim(bundle, audit, claim, recipes, model_dir, expectations=expectations))
 
     if args.json:
         doc = {

@@ -534,11 +534,12 @@ def claimed_variant(bundle: LanguageBundle, variant: str | None, *, option: str 
     """The caller's variant if given, else metadata.json's `compression` (which may be null)."""
     if variant:
         return VariantClaim(variant, option)
-    return VariantClaim(bundle.metadata.compression, f"{bundle.metadata.path} 'compression'")
+    return VariantClaim(bundle.metadata.compression or None, f"{bundle.metadata.path} 'compression'")
 
 
 def audit_claim(bundle: LanguageBundle, audit: AssetAudit, claim: VariantClaim, recipes: dict[str, Any],
-                model_dir: str | os.PathLike | None) -> VariantCheck | None:
+                model_dir: str | os.PathLike | None, *,
+                expectations: dict[str, ExpectedStorage] | None = None) -> VariantCheck | None:
     """Check a claimed variant against the asset's storage; InputError (one line) when it cannot hold.
 
     A claim that names no recipe is refused too: a label whose storage cannot be checked is not
@@ -551,11 +552,12 @@ def audit_claim(bundle: LanguageBundle, audit: AssetAudit, claim: VariantClaim, 
         raise InputError(f"{bundle.path}: {claim.source} names variant {claim.variant!r}, which no recipe defines "
                          f"(recipes: {', '.join(recipes)}), so the asset's storage cannot be checked against it: "
                          f"name the recipe the bundle was built with (?variant=NAME, --variant NAME)")
-    expected = others = None
-    if model_dir is not None:
-        arch = meta_model(model_dir)
-        expected = expected_storage(recipe, arch)
-        others = variant_expectations(arch, recipes)
+    others = expectations
+    if others is None and model_dir is not None:
+        others = variant_expectations(meta_model(model_dir), recipes)
+    expected = None if others is None else others.get(claim.variant)
+    if others is not None and expected is None:  # the recipe does not fit the model: plan() raises why
+        expected = expected_storage(recipe, meta_model(model_dir))
     check = check_variant(audit, claim.variant, recipe, expected=expected, others=others)
     if not check:
         said = "" if claim.source.startswith(("?", "--")) else f"{claim.source} says {claim.variant!r}: "
