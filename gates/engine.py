@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from harness.errors import InputError
+from harness.evidence import evidence_of
 from harness.trace import Trace, open_trace
 
 from . import metrics, sweep
@@ -34,6 +35,7 @@ from .verdict import Verdict
 CONTEXT_TOKENS = 48  # context_text holds at most this many tokens before the target
 MAX_WORKERS = 4
 READ_BYTES = 8 << 20  # per trace and read: big enough to amortise the read, small enough to bound memory
+IDS_SLICE = 1 << 20   # token ids compared per read
 
 Decode = Callable[[list[int]], str]
 
@@ -62,15 +64,18 @@ def check_agreement(oracle: Trace, other: Trace, role: str) -> None:
         if cid not in ours:
             raise InputError(f"{where}: case {cid!r} is not in the oracle ({oracle.path})")
     for cid in oracle.case_ids:
-        a, b = oracle.input_ids(cid), other.input_ids(cid)
-        n = min(len(a), len(b))
-        diff = np.flatnonzero(a[:n] != b[:n])
-        if diff.size:
-            i = int(diff[0])
-            raise InputError(f"{where}: case {cid!r}: input_ids differ from the oracle's at token {i} "
-                             f"(oracle {int(a[i])}, {role} {int(b[i])})")
-        if len(a) != len(b):
-            raise InputError(f"{where}: case {cid!r}: {len(b)} input_ids, the oracle has {len(a)} "
+        na, nb = oracle.tokens(cid), other.tokens(cid)
+        n = min(na, nb)
+        for start in range(0, n, IDS_SLICE):  # a slice at a time: memory does not grow with N
+            a = oracle.input_ids_slice(cid, start, min(n, start + IDS_SLICE))
+            b = other.input_ids_slice(cid, start, min(n, start + IDS_SLICE))
+            diff = np.flatnonzero(a != b)
+            if diff.size:
+                i = int(diff[0])
+                raise InputError(f"{where}: case {cid!r}: input_ids differ from the oracle's at token {start + i} "
+                                 f"(oracle {int(a[i])}, {role} {int(b[i])})")
+        if na != nb:
+            raise InputError(f"{where}: case {cid!r}: {nb} input_ids, the oracle has {na} "
                              f"(they differ from token {n} on)")
         if other.rows(cid) != oracle.rows(cid):
             raise InputError(f"{where}: case {cid!r}: {other.rows(cid)} logits rows, the oracle has "
@@ -82,7 +87,8 @@ def _trace_info(t: Trace) -> dict:
     dtypes = sorted({t.logits_dtype(c) for c in t.case_ids})
     return {"path": str(t.path), "runner": t.runner, "variant": t.variant, "model": meta.get("model", ""),
             "tokenizer_sha256": meta.get("tokenizer_sha256", ""), "harness_version": meta.get("harness_version", ""),
-            "created_at": meta.get("created_at", ""), "logits_dtype": ",".join(dtypes), "cases": len(t.case_ids)}
+            "created_at": meta.get("created_at", ""), "logits_dtype": ",".join(dtypes), "cases": len(t.case_ids),
+            "evidence": evidence_of(meta)}
 
 
 class _Texts:
@@ -99,8 +105,8 @@ class _Texts:
             self.tokens[t] = self.decode([t])
         return self.tokens[t]
 
-    def context(self, ids: np.ndarray, position: int) -> str:
-        return self.decode([int(x) for x in ids[max(0, position - CONTEXT_TOKENS):position]])
+    def context(self, ids: "_Ids", position: int) -> str:
+        return self.decode(ids.before(position, CONTEXT_TOKENS))
 
 
 def _classify(finite: bool, cand: int, top1: int, confident: bool, control: int | None) -> str:
@@ -284,9 +290,11 @@ def _evaluate_pass(oracle_t: Trace, jobs: list[GateJob], *, decode: Decode | Non
 
     try:
         for cid in oracle_t.case_ids:
-            ids = oracle_t.input_ids(cid)
             rows = oracle_t.rows(cid)
-            prompt = len(ids) - rows
+            prompt = oracle_t.tokens(cid) - rows
+            # only the scored tokens and the context before them are used: read just those
+            first = max(0, prompt - CONTEXT_TOKENS)
+            ids = _Ids(oracle_t.input_ids_slice(cid, first, prompt + rows), first)
             for r0 in range(0, rows, read_rows):
                 r1 = min(rows, r0 + read_rows)
                 o_block = oracle_t.logits_rows(cid, r0, r1)
@@ -337,7 +345,20 @@ def _fp32_top1(fp32: Trace, cid: str, r0: int, r1: int) -> np.ndarray:
     return np.argmax(rows, axis=-1)  # first maximum, as every argmax here
 
 
-def _records(job: _Prepared, cid: str, ids: np.ndarray, prompt: int, first_row: int, orc: metrics.OracleRows,
+class _Ids:
+    """input_ids[first:] of a case, indexed by position in the whole sequence."""
+
+    def __init__(self, tail: np.ndarray, first: int):
+        self.tail, self.first = tail, first
+
+    def __getitem__(self, pos: int) -> int:
+        return int(self.tail[pos - self.first])
+
+    def before(self, pos: int, count: int) -> list[int]:
+        return [int(x) for x in self.tail[max(0, pos - self.first - count):pos - self.first]]
+
+
+def _records(job: _Prepared, cid: str, ids: _Ids, prompt: int, first_row: int, orc: metrics.OracleRows,
              cr: metrics.CandidateRows, kr: metrics.ControlRows | None, texts: _Texts | None,
              fp32_top1: np.ndarray | None = None) -> None:
     policy = job.policy

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from harness.evidence import evidence_of, label
+
 from .verdict import Verdict
 
 
@@ -23,7 +25,7 @@ def format_verdict(v: Verdict) -> str:
         info = prov.get(role)
         if isinstance(info, dict):
             lines.append(f"  {role:9s} {info.get('path')} ({info.get('runner')} {info.get('variant')}, "
-                         f"{info.get('logits_dtype')})")
+                         f"{info.get('logits_dtype')}; evidence: {label(evidence_of(info))})")
     kl_bound = "-" if pol.get("max_kl") is None else f"{pol['max_kl']:g}"
     lines.append(f"  policy    min_margin {pol['min_margin']:g} ({pol['margin_space']} margin), max_defects "
                  f"{pol['max_defects']}, min_cosine {pol['min_cosine']:g}, max_kl {kl_bound}, control "

@@ -14,16 +14,24 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import safejson
 from .errors import InputError
 from .fileio import sha256_file
 
 DEFAULT_NEW_TOKENS = 16
 _KEYS = {"id", "prompt", "prompt_ids", "continuation", "continuation_ids", "new_tokens"}
+_INT64_MAX = (1 << 63) - 1
+_MAX_LINE_DEPTH = 4  # a case is an object holding lists of ids: 2 deep
+MAX_CASE_ID_BYTES = 200  # a file name is at most 255 bytes; leave room for a suffix
+# control, format (bidi overrides, zero-width), surrogate, private-use and unassigned code points,
+# line and paragraph separators: none belongs in a name that is printed, logged and made a file name
+_BAD_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
 
 def bundled_cases_path() -> Path:
@@ -81,10 +89,37 @@ class CaseSet:
         return [s.id for s in self.specs]
 
 
+def case_id_problem(cid: object) -> str | None:
+    """Why `cid` cannot be a case id, or None if it can: the one case-id rule of every reader and writer.
+
+    A case id names tensors (`C/input_ids`), lines of reports and terminal output, and files
+    (`import --emit-raw-tokens DIR` writes DIR/C...), so it must be a single safe path component:
+    a non-empty string of at most MAX_CASE_ID_BYTES UTF-8 bytes, without '/' or '\\', not '.' or
+    '..', without surrounding white space, and without control, format, surrogate, private-use or
+    unassigned characters or line separators.
+    """
+    if not isinstance(cid, str):
+        return f"a case id must be a string, not {type(cid).__name__}"
+    if not cid:
+        return "a case id must not be empty"
+    for ch in ("" if cid.isascii() and cid.isprintable() else cid):  # the common case without a loop
+        if unicodedata.category(ch) in _BAD_CATEGORIES:
+            return f"a case id must not hold control or invisible characters (U+{ord(ch):04X})"
+    if "/" in cid or "\\" in cid:
+        return "a case id must not hold '/' or '\\' (it names tensors and files)"
+    if cid in (".", ".."):
+        return f"a case id must not be {cid!r} (it names files)"
+    if cid != cid.strip():
+        return "a case id must not start or end with white space"
+    if len(cid.encode("utf-8")) > MAX_CASE_ID_BYTES:
+        return f"a case id must be at most {MAX_CASE_ID_BYTES} bytes of UTF-8"
+    return None
+
+
 def _int_list(path: Path, lineno: int, key: str, value: Any) -> tuple[int, ...]:
     if (not isinstance(value, list) or not value
-            or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)):
-        raise InputError(f"{path}:{lineno}: {key!r} must be a non-empty list of non-negative integers")
+            or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= _INT64_MAX for t in value)):
+        raise InputError(f"{path}:{lineno}: {key!r} must be a non-empty list of non-negative int64 integers")
     return tuple(value)
 
 
@@ -95,8 +130,9 @@ def parse_case(obj: Any, path: Path, lineno: int) -> CaseSpec:
     if unknown:
         raise InputError(f"{path}:{lineno}: unknown key {unknown[0]!r} (valid: {', '.join(sorted(_KEYS))})")
     cid = obj.get("id", f"line-{lineno}")
-    if not isinstance(cid, str) or not cid or "/" in cid or cid != cid.strip():
-        raise InputError(f"{path}:{lineno}: 'id' must be a non-empty string without '/' or surrounding spaces")
+    problem = case_id_problem(cid)
+    if problem:
+        raise InputError(f"{path}:{lineno}: 'id' {cid!r} is refused: {problem}")
     if ("prompt" in obj) == ("prompt_ids" in obj):
         raise InputError(f"{path}:{lineno}: case {cid!r} needs exactly one of 'prompt' or 'prompt_ids'")
     if "continuation" in obj and "continuation_ids" in obj:
@@ -133,14 +169,17 @@ def load_cases(path: str | os.PathLike | None = None) -> CaseSet:
         raise InputError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     specs: list[CaseSpec] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # lines end at '\n' only: str.splitlines would also split at U+2028 and friends, which JSON allows raw in strings
+    for lineno, line in enumerate(text.split("\n"), start=1):
         s = line.strip()
         if not s or s.startswith("#"):
             continue
         try:
-            obj = json.loads(s)
+            obj = safejson.loads(s, max_depth=_MAX_LINE_DEPTH)
         except json.JSONDecodeError as e:
             raise InputError(f"{p}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+        except ValueError as e:  # nested too deep, or an integer of thousands of digits
+            raise InputError(f"{p}:{lineno}: refused JSON ({str(e).splitlines()[0]})") from None
         spec = parse_case(obj, p, lineno)
         if spec.id in seen:
             raise InputError(f"{p}:{lineno}: duplicate case id {spec.id!r} (first on line {seen[spec.id]})")

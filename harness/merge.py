@@ -18,9 +18,11 @@ import struct
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from . import safejson
+from .cases import case_id_problem
 from .errors import InputError
 from .fileio import atomic_path
-from .trace import FORMAT, open_trace
+from .trace import FORMAT, Trace, open_trace
 
 _CHUNK = 1 << 22
 
@@ -31,15 +33,6 @@ MUST_AGREE = ("runner", "variant", "vocab_size", "model", "tokenizer_sha256", "d
 _RECOMPUTED = ("format", "cases", "created_at", "shard", "low_margin", "confident_fraction")
 
 
-def _layout(path: Path) -> tuple[int, dict]:
-    """(start of the data buffer, tensor header) of a trace that open_trace has accepted."""
-    with open(path, "rb") as f:
-        (hlen,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(hlen).decode("utf-8"))
-    header.pop("__metadata__", None)
-    return 8 + hlen, header
-
-
 def join_cases(out: str | os.PathLike, metadata: dict[str, str],
                sources: Iterable[tuple[str | os.PathLike, str]]) -> Path:
     """Write a trace holding the given (trace file, case id) pairs, in that order.
@@ -47,31 +40,35 @@ def join_cases(out: str | os.PathLike, metadata: dict[str, str],
     `metadata` needs runner, variant and vocab_size; format and the case list are set here.
     """
     dest = Path(out)
-    layouts: dict[Path, tuple[int, dict]] = {}
+    opened: dict[Path, Trace] = {}
     plan: list[tuple[Path, int, int]] = []
     header: dict[str, object] = {}
     case_ids: list[str] = []
+    seen: set[str] = set()  # not `cid in case_ids`: linear in the number of cases
     offset = 0
     for src, cid in sources:
         src = Path(src)
-        if src not in layouts:
+        if src not in opened:
             t = open_trace(src)  # validates every rule before a byte is copied
             if str(t.vocab_size) != str(metadata.get("vocab_size")):
                 raise InputError(f"{src}: vocab_size {t.vocab_size} differs from {metadata.get('vocab_size')}")
-            layouts[src] = _layout(src)
-        if cid in case_ids:
+            opened[src] = t
+        problem = case_id_problem(cid)
+        if problem:
+            raise InputError(f"{src}: case {cid!r}: {problem}")
+        if cid in seen:
             raise InputError(f"{src}: case {cid!r} given twice")
+        seen.add(cid)
         case_ids.append(cid)
-        start, tensors = layouts[src]
+        t = opened[src]
+        if cid not in t:
+            raise InputError(f"{src}: no case {cid!r}")
         for kind in ("input_ids", "logits"):
-            entry = tensors.get(f"{cid}/{kind}")
-            if entry is None:
-                raise InputError(f"{src}: no case {cid!r}")
-            a, b = entry["data_offsets"]
-            header[f"{cid}/{kind}"] = {"dtype": entry["dtype"], "shape": entry["shape"],
-                                       "data_offsets": [offset, offset + b - a]}
-            plan.append((src, start + a, b - a))
-            offset += b - a
+            dtype, shape, at, nbytes = t.tensor_span(cid, kind)
+            header[f"{cid}/{kind}"] = {"dtype": dtype, "shape": list(shape),
+                                       "data_offsets": [offset, offset + nbytes]}
+            plan.append((src, at, nbytes))
+            offset += nbytes
     meta = {k: str(v) for k, v in metadata.items()}
     for key in ("runner", "variant", "vocab_size"):
         if key not in meta:
@@ -122,12 +119,17 @@ def merge_traces(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
     order = list(owner)
     if first.metadata.get("case_set"):
         try:
-            order = json.loads(first.metadata["case_set"])
+            order = safejson.loads(first.metadata["case_set"], max_depth=1)
             if not isinstance(order, list) or not all(isinstance(c, str) for c in order):
                 raise ValueError
         except ValueError:
             raise InputError(f"{first.path}: metadata 'case_set' is not a JSON list of case ids") from None
-        extra = [c for c in owner if c not in set(order)]
+        for cid in order:
+            problem = case_id_problem(cid)
+            if problem:
+                raise InputError(f"{first.path}: metadata 'case_set' lists case {cid!r}: {problem}")
+        in_order = set(order)
+        extra = [c for c in owner if c not in in_order]
         if extra:
             raise InputError(f"{owner[extra[0]]}: case {extra[0]!r} is not in the case set the traces name")
         missing = [c for c in order if c not in owner]
@@ -148,7 +150,7 @@ def merge_traces(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
         low: dict[str, int] = {}
         for t in traces:
             try:
-                low.update({str(k): int(v) for k, v in json.loads(t.metadata["low_margin"]).items()})
+                low.update({str(k): int(v) for k, v in safejson.loads(t.metadata["low_margin"], max_depth=1).items()})
             except (ValueError, AttributeError):
                 raise InputError(f"{t.path}: metadata 'low_margin' is not a JSON object of counts") from None
         low = {c: low[c] for c in order if c in low}

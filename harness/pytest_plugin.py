@@ -303,6 +303,8 @@ class GateSession:
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
         # The outermost wrapper, so these lines come last: after pytest's short test summary.
         result = yield
+        from .evidence import evidence_of, label
+
         tr = terminalreporter
         tr.write_sep("=", "flipgate")
         if self.run is None:
@@ -312,7 +314,9 @@ class GateSession:
             shown = {i.nodeid for i in self.items.get(name, [])} - self.deselected
             partial = "" if len(shown) == len(self.items.get(name, [])) else \
                 f"   [{len(shown)} of {len(self.items[name])} items selected]"
-            tr.write_line(_safe_line(verdict.one_line()) + partial, green=bool(verdict), red=not verdict)
+            evidence = label(evidence_of(verdict.provenance.get("candidate") or {}))  # what the rows are
+            tr.write_line(_safe_line(f"{verdict.one_line()}; evidence: {evidence}") + partial, green=bool(verdict),
+                          red=not verdict)
         tr.write_line(f"report: {self.report_path}")
         return result
 

@@ -14,17 +14,21 @@ tests/harness/test_trace.py checks that the `safetensors` library itself reads w
 from __future__ import annotations
 
 import datetime as _dt
+import gc
 import json
 import math
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, NamedTuple
 
 import ml_dtypes
 import numpy as np
 
+from . import safejson
+from .cases import case_id_problem
 from .errors import TraceError
 from .fileio import atomic_path
 
@@ -47,8 +51,23 @@ _ST_DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
 }
 _NP_TO_ST = {v: k for k, v in _ST_DTYPES.items()}
+_INT_DTYPES = {k for k, v in _ST_DTYPES.items() if v.kind in "iu"}
 LOGITS_DTYPES = ("F32", "F16", "BF16")
-_MAX_HEADER = 100 * 1024 * 1024
+# Limits on what a file may claim, checked before anything is allocated (a sparse file can claim any size).
+MAX_VOCAB = 1 << 22    # 4,194,304: 16 times the largest vocabularies in use (~256k)
+MAX_TOKENS = 1 << 22   # tokens per case: 16 times Qwen3.6's native context of 262,144
+_MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
+_MAX_HEADER_DEPTH = 8
+# a case takes 6 arrays/objects and ~14 values in the header: these allow ~170,000 cases and bound
+# what parsing a hostile header can build to a few hundred MB
+_MAX_HEADER_CONTAINERS = 1 << 20
+_MAX_HEADER_VALUES = 1 << 22
+_INT64_MAX = (1 << 63) - 1
+_IDS_CHUNK = 1 << 20   # token ids read per slice
+_IDS_GROUP_BYTES = 1 << 23  # short cases' ids are read together up to this span of the file...
+_IDS_GAP_BYTES = 1 << 16    # ...when the logits between them are this small
+_DECIMAL = re.compile(r"[0-9]{1,12}")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _COPY_CHUNK = 1 << 24
 
 
@@ -78,8 +97,7 @@ class CaseTrace:
         return self.prompt_len + row
 
 
-@dataclass(frozen=True)
-class _Entry:
+class _Entry(NamedTuple):  # a tuple: cheap to build 120,000 times for 60,000 cases
     dtype: str
     shape: tuple[int, ...]
     start: int
@@ -96,6 +114,7 @@ class Trace:
     vocab_size: int
     _entries: dict[str, _Entry] = field(repr=False)
     _data_start: int = field(repr=False)
+    max_token_id: int = -1  # the largest id in any case's input_ids (set by open_trace's check)
 
     @property
     def runner(self) -> str:
@@ -115,11 +134,33 @@ class Trace:
     def rows(self, case_id: str) -> int:
         return self._entry(case_id, "logits").shape[0]
 
+    def tokens(self, case_id: str) -> int:
+        """N, the length of a case's sequence, without reading it."""
+        return self._entry(case_id, "input_ids").shape[0]
+
     def input_ids(self, case_id: str) -> np.ndarray:
-        return self._read(case_id, "input_ids").astype(np.int64, copy=False)
+        return self.input_ids_slice(case_id, 0, self.tokens(case_id))
+
+    def input_ids_slice(self, case_id: str, start: int, stop: int) -> np.ndarray:
+        """input_ids[start:stop] (int64), reading only those bytes."""
+        n = self.tokens(case_id)
+        start, stop = max(0, min(n, start)), max(0, min(n, stop))
+        with open(self.path, "rb") as f:
+            # open_trace checked every id lies in [0, vocab_size): the cast cannot wrap
+            return self._read_ids(f, case_id, start, max(start, stop)).astype(np.int64, copy=False)
+
+    def _read_ids(self, f, case_id: str, start: int, stop: int) -> np.ndarray:
+        e = self._entry(case_id, "input_ids")
+        dt = _ST_DTYPES[e.dtype]
+        f.seek(self._data_start + e.start + start * dt.itemsize)
+        want = (stop - start) * dt.itemsize
+        buf = f.read(want)
+        if len(buf) != want:
+            raise TraceError(self.path, "input_ids: file ended before the tensor's data did", case=case_id)
+        return np.frombuffer(buf, dtype=dt)  # in the stored integer type
 
     def case(self, case_id: str) -> CaseTrace:
-        return CaseTrace(case_id, self.input_ids(case_id), self._read(case_id, "logits"))
+        return CaseTrace(case_id, self.input_ids(case_id), self.logits_rows(case_id, 0, self.rows(case_id)))
 
     def logits_rows(self, case_id: str, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of a case's logits, reading only those bytes (bounded memory for long cases)."""
@@ -144,27 +185,30 @@ class Trace:
     def __len__(self) -> int:
         return len(self.case_ids)
 
+    def __contains__(self, case_id: object) -> bool:
+        return isinstance(case_id, str) and f"{case_id}/logits" in self._entries
+
+    def tensor_span(self, case_id: str, kind: str) -> tuple[str, tuple[int, ...], int, int]:
+        """(safetensors dtype, shape, offset in the file, byte count) of `case_id/kind`, as validated."""
+        e = self._entry(case_id, kind)
+        return e.dtype, e.shape, self._data_start + e.start, e.end - e.start
+
     def _entry(self, case_id: str, kind: str) -> _Entry:
         try:
             return self._entries[f"{case_id}/{kind}"]
         except KeyError:
-            raise TraceError(self.path, f"no such case in this trace (cases: {', '.join(self.case_ids)})",
-                             case=case_id) from None
-
-    def _read(self, case_id: str, kind: str) -> np.ndarray:
-        e = self._entry(case_id, kind)
-        dt = _ST_DTYPES[e.dtype]
-        count = math.prod(e.shape)
-        with open(self.path, "rb") as f:
-            f.seek(self._data_start + e.start)
-            buf = f.read(e.end - e.start)
-        if len(buf) != e.end - e.start:
-            raise TraceError(self.path, f"{kind}: file ended before the tensor's data did", case=case_id)
-        return np.frombuffer(buf, dtype=dt, count=count).reshape(e.shape)
+            some = ", ".join(self.case_ids[:10]) + (f", ... ({len(self.case_ids)} in all)"
+                                                    if len(self.case_ids) > 10 else "")
+            raise TraceError(self.path, f"no such case in this trace (cases: {some})", case=case_id) from None
 
 
 def open_trace(path: str | os.PathLike) -> Trace:
-    """Open and validate a trace; raise TraceError naming the file, case and rule on any breach."""
+    """Open and validate a trace; raise TraceError naming the file, case and rule on any breach.
+
+    Every size the file claims (header length, shapes, offsets, vocab_size, sequence lengths) is
+    checked against the file's real size and the limits above before anything is allocated, and the
+    token ids are read a slice at a time to check that each lies in [0, vocab_size).
+    """
     p = Path(path)
     if not p.is_file():
         raise TraceError(p, "no such file" if not p.exists() else "not a regular file")
@@ -177,12 +221,8 @@ def open_trace(path: str | os.PathLike) -> Trace:
         if hlen == 0 or hlen > _MAX_HEADER or 8 + hlen > size:
             raise TraceError(p, "not a safetensors file (header length out of range; truncated or another format)")
         raw = f.read(hlen)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TraceError(p, f"not a safetensors file (header is not JSON: {e.__class__.__name__})") from None
-    if not isinstance(header, dict):
-        raise TraceError(p, "not a safetensors file (header is not a JSON object)")
+    header = _parse_header(p, raw)
+    del raw
     meta = header.pop("__metadata__", None)
     if meta is None:
         raise TraceError(p, f"no __metadata__: a trace must carry format = {FORMAT!r}")
@@ -196,21 +236,25 @@ def open_trace(path: str | os.PathLike) -> Trace:
     for key in REQUIRED_KEYS:
         if key not in meta:
             raise TraceError(p, f"__metadata__ has no {key!r} key")
+    if not _DECIMAL.fullmatch(meta["vocab_size"]) or int(meta["vocab_size"]) <= 0:
+        raise TraceError(p, f"vocab_size {meta['vocab_size']!r} is not a positive integer")
+    vocab = int(meta["vocab_size"])
+    if vocab > MAX_VOCAB:
+        raise TraceError(p, f"vocab_size {vocab} is beyond the largest this flipgate reads ({MAX_VOCAB})")
     try:
-        vocab = int(meta["vocab_size"])
-        if vocab <= 0:
-            raise ValueError
-    except ValueError:
-        raise TraceError(p, f"vocab_size {meta['vocab_size']!r} is not a positive integer") from None
-    try:
-        cases = json.loads(meta["cases"])
-    except json.JSONDecodeError:
-        raise TraceError(p, "'cases' is not a JSON array of case ids") from None
-    if not isinstance(cases, list) or not all(isinstance(c, str) and c for c in cases):
-        raise TraceError(p, "'cases' is not a JSON array of non-empty strings")
-    dup = sorted({c for c in cases if cases.count(c) > 1})
-    if dup:
-        raise TraceError(p, "case id listed twice in 'cases'", case=dup[0])
+        cases = safejson.loads(meta["cases"], max_depth=1)
+    except ValueError as e:
+        raise TraceError(p, f"'cases' is not a JSON array of case ids ({e})") from None
+    if not isinstance(cases, list) or not all(isinstance(c, str) for c in cases):
+        raise TraceError(p, "'cases' is not a JSON array of strings")
+    for cid in cases:
+        problem = case_id_problem(cid)
+        if problem:
+            raise TraceError(p, f"'cases' lists a bad case id: {problem}", case=cid)
+    if len(set(cases)) != len(cases):  # a set, not list.count per id: linear in the number of cases
+        seen: set[str] = set()
+        dup = next(c for c in cases if c in seen or seen.add(c))
+        raise TraceError(p, "case id listed twice in 'cases'", case=dup)
 
     data_start = 8 + hlen
     buffer_len = size - data_start
@@ -220,13 +264,12 @@ def open_trace(path: str | os.PathLike) -> Trace:
         if not isinstance(info, dict) or {"dtype", "shape", "data_offsets"} - info.keys():
             raise TraceError(p, f"tensor {name!r}: header entry lacks dtype/shape/data_offsets")
         dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in _ST_DTYPES:
+        if not isinstance(dtype, str) or dtype not in _ST_DTYPES:
             raise TraceError(p, f"tensor {name!r}: unsupported dtype {dtype!r}")
-        if (not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape)
-                or not isinstance(offs, list) or len(offs) != 2 or not all(isinstance(o, int) for o in offs)):
-            raise TraceError(p, f"tensor {name!r}: malformed shape or data_offsets")
+        if not _are_sizes(shape, 8) or not _are_sizes(offs, 2) or len(offs) != 2:
+            raise TraceError(p, f"tensor {name!r}: malformed shape or data_offsets (non-negative int64 integers)")
         start, end = offs
-        if end - start != math.prod(shape) * _ST_DTYPES[dtype].itemsize or start < 0:
+        if end - start != math.prod(shape) * _ST_DTYPES[dtype].itemsize:
             raise TraceError(p, f"tensor {name!r}: data_offsets do not match shape {shape} and dtype {dtype}")
         if end > buffer_len:
             raise TraceError(p, f"truncated: tensor {name!r} ends at byte {end} of the data buffer, "
@@ -256,10 +299,13 @@ def open_trace(path: str | os.PathLike) -> Trace:
         if ids is None or lg is None:
             missing = "input_ids" if ids is None else "logits"
             raise TraceError(p, f"listed in 'cases' but has no {cid}/{missing} tensor", case=cid)
-        if not np.issubdtype(_ST_DTYPES[ids.dtype], np.integer):
+        if ids.dtype not in _INT_DTYPES:
             raise TraceError(p, f"input_ids must be integers (int64), found {ids.dtype}", case=cid)
         if len(ids.shape) != 1 or ids.shape[0] < 2:
             raise TraceError(p, f"input_ids must be 1-D with at least 2 tokens, shape {list(ids.shape)}", case=cid)
+        if ids.shape[0] > MAX_TOKENS:
+            raise TraceError(p, f"input_ids claim {ids.shape[0]} tokens, beyond the longest sequence this "
+                                f"flipgate reads ({MAX_TOKENS})", case=cid)
         if lg.dtype not in LOGITS_DTYPES:
             raise TraceError(p, f"logits dtype {lg.dtype} not one of {', '.join(LOGITS_DTYPES)}", case=cid)
         if len(lg.shape) != 2:
@@ -272,7 +318,126 @@ def open_trace(path: str | os.PathLike) -> Trace:
         if r > n - 1:
             raise TraceError(p, f"{r} logits rows exceed the sequence length: {n} tokens give at most "
                                 f"{n - 1} predictions", case=cid)
-    return Trace(p, dict(meta), list(cases), vocab, entries, data_start)
+    trace = Trace(p, dict(meta), list(cases), vocab, entries, data_start)
+    trace.max_token_id = _check_token_ids(trace)
+    return trace
+
+
+def _are_sizes(v: object, most: int) -> bool:
+    """A shape or data_offsets: a list of at most `most` JSON integers (not bools) in [0, int64 max]."""
+    if type(v) is not list or len(v) > most:
+        return False
+    for d in v:  # a plain loop: this runs twice per tensor, 120,000 times for 60,000 cases
+        if type(d) is not int or d < 0 or d > _INT64_MAX:
+            return False
+    return True
+
+
+def _parse_header(p: Path, raw: bytes) -> dict:
+    """The header's JSON object, refused (TraceError) if it is not UTF-8, too deep or too big to parse,
+    holds integers beyond int64 digits, or strings that are not Unicode text (lone surrogates)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TraceError(p, f"not a safetensors file (header is not UTF-8: byte {e.start})") from None
+    deepest, containers, separators = safejson.measure(raw)
+    if deepest > _MAX_HEADER_DEPTH:
+        raise TraceError(p, f"header JSON nested {deepest} deep (a trace header is 3 deep; at most "
+                            f"{_MAX_HEADER_DEPTH} is read)")
+    if containers > _MAX_HEADER_CONTAINERS or separators > _MAX_HEADER_VALUES:
+        raise TraceError(p, f"header JSON holds {containers} arrays/objects and {separators} values, beyond "
+                            f"what {_MAX_HEADER_CONTAINERS // 6} cases need")
+    # Parsed JSON holds no reference cycles, and the cyclic collector, run again and again over the
+    # growing graph while ~6 containers a case are built, nearly doubled the parse at 60,000 cases
+    # (1.2 s against 0.65 s): it is paused for the parse.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        header = json.loads(text)
+    except ValueError as e:  # JSONDecodeError, or an integer of thousands of digits
+        raise TraceError(p, f"not a safetensors file (header is not JSON: {str(e).splitlines()[0]})") from None
+    finally:
+        if collecting:
+            gc.enable()
+    if not isinstance(header, dict):
+        raise TraceError(p, "not a safetensors file (header is not a JSON object)")
+    if _SURROGATE_ESCAPE.search(raw):  # "\ud800" is valid JSON but not Unicode text: refuse it here, not on print
+        meta = header.get("__metadata__")
+        texts = list(header) + (list(meta) + list(meta.values()) if isinstance(meta, dict) else [])
+        for s in texts:
+            if isinstance(s, str) and not _is_unicode(s):
+                raise TraceError(p, f"header string {ascii(s)[:60]} holds a lone surrogate: not Unicode text")
+    return header
+
+
+def _is_unicode(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_token_ids(trace: Trace) -> int:
+    """Check every token id lies in [0, vocab_size); return the largest (-1 if none).
+
+    Reads a slice at a time (memory stays flat however long a case), and reads the ids of many
+    small cases that lie close together in the file with one read (time stays linear in the cases).
+    """
+    vocab = trace.vocab_size
+    top = -1
+    spans = sorted((trace._entries[f"{c}/input_ids"].start, c) for c in trace.case_ids)
+    with open(trace.path, "rb") as f:
+        i = 0
+        while i < len(spans):
+            start, cid = spans[i]
+            e = trace._entries[f"{cid}/input_ids"]
+            if e.end - e.start > _IDS_GROUP_BYTES:  # a long sequence: alone, a slice at a time
+                n = e.shape[0]
+                for a in range(0, n, _IDS_CHUNK):
+                    top = max(top, _check_ids(trace, cid, trace._read_ids(f, cid, a, min(n, a + _IDS_CHUNK)), a))
+                i += 1
+                continue
+            # short sequences close together: one read, one check, and a per-case look only on failure
+            group = [cid]
+            end = e.end
+            j = i + 1
+            while j < len(spans):
+                nxt = trace._entries[f"{spans[j][1]}/input_ids"]
+                if nxt.start - end > _IDS_GAP_BYTES or nxt.end - start > _IDS_GROUP_BYTES:
+                    break
+                group.append(spans[j][1])
+                end = nxt.end
+                j += 1
+            f.seek(trace._data_start + start)
+            buf = f.read(end - start)
+            if len(buf) != end - start:
+                raise TraceError(trace.path, "input_ids: file ended before the tensor's data did", case=cid)
+            by_dtype: dict[str, list[np.ndarray]] = {}
+            parts = []
+            for c in group:
+                ce = trace._entries[f"{c}/input_ids"]
+                a = np.frombuffer(buf, _ST_DTYPES[ce.dtype], ce.shape[0], ce.start - start)
+                parts.append((c, a))
+                by_dtype.setdefault(ce.dtype, []).append(a)
+            for arrays in by_dtype.values():
+                flat = np.concatenate(arrays)
+                if flat.size and (flat.min() < 0 or flat.max() >= vocab):
+                    for c, a in parts:
+                        _check_ids(trace, c, a, 0)
+                top = max(top, int(flat.max()) if flat.size else -1)
+            i = j
+    return top
+
+
+def _check_ids(trace: Trace, cid: str, a: np.ndarray, first: int) -> int:
+    """Raise TraceError at the first id of `a` (input_ids[first:...]) outside [0, vocab_size); return the largest."""
+    vocab = trace.vocab_size
+    if a.size and (a.min() < 0 or a.max() >= vocab):
+        j = int(np.flatnonzero((a < 0) | (a >= vocab))[0])
+        raise TraceError(trace.path, f"input_ids hold token id {int(a[j])} at position {first + j}, "
+                                     f"outside the vocabulary [0, {vocab})", case=cid)
+    return int(a.max()) if a.size else -1
 
 
 def _as_logits(a: np.ndarray, path, cid: str) -> np.ndarray:
@@ -298,6 +463,9 @@ def base_metadata(*, runner: str, variant: str, vocab_size: int, model: str = ""
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     meta.update({k: str(v) for k, v in extra.items()})
+    from .evidence import evidence_of
+
+    meta["evidence"] = evidence_of(meta)  # DESIGN.md: what kind of evidence the rows are
     return meta
 
 
@@ -315,17 +483,28 @@ def write_trace(path: str | os.PathLike, metadata: Mapping[str, str], cases: Ite
     for key in ("runner", "variant", "vocab_size"):
         if key not in meta:
             raise ValueError(f"write_trace: metadata lacks {key!r}")
+    try:
+        vocab = int(meta["vocab_size"])
+    except ValueError:
+        raise ValueError(f"write_trace: vocab_size {meta['vocab_size']!r} is not an integer") from None
     header: dict[str, object] = {"__metadata__": meta}
     tensors: list[np.ndarray] = []
     offset = 0
     seen = set()
     for c in cases:
-        if c.case_id in seen or not c.case_id or "/" in c.case_id:
-            raise TraceError(dest, "case ids must be unique, non-empty and free of '/'", case=c.case_id)
+        problem = case_id_problem(c.case_id)
+        if problem:
+            raise TraceError(dest, problem, case=c.case_id)
+        if c.case_id in seen:
+            raise TraceError(dest, "case ids must be unique: this one is given twice", case=c.case_id)
         seen.add(c.case_id)
         ids = np.asarray(c.input_ids)
         if not np.issubdtype(ids.dtype, np.integer):
             raise TraceError(dest, f"input_ids must be integers, got {ids.dtype}", case=c.case_id)
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+            bad = ids[(ids < 0) | (ids >= vocab)][0]
+            raise TraceError(dest, f"input_ids hold token id {int(bad)}, outside the vocabulary [0, {vocab})",
+                             case=c.case_id)
         ids = ids.astype(np.int64, copy=False)
         lg = _as_logits(c.logits, dest, c.case_id)
         for kind, arr in (("input_ids", ids), ("logits", lg)):

@@ -5,6 +5,7 @@
     print(render(report, "md"))                        # terminal | md | html | json | csv
     folder, files = write_comparison("flipgate-reports", report)
     folder, files = write_signoff("release", build_report(verdicts, subject="int8hu", made=made_info()))
+    card = reports.card.render_card(reports.card.CardInputs(verdicts, "int8hu", ...))   # the release card
 
 Nothing here imports torch; matplotlib and pandas are imported only when a plot or CSV is drawn.
 """

@@ -18,7 +18,7 @@ from harness.errors import InputError
 
 from .escape import html_text as h
 from .escape import md_text, token, visible
-from .markdown import _longest_backticks
+from .fences import fence_for
 
 SCHEMA = "flipgate.localise/1"
 KINDS = (("attention", "attention"), ("gdn", "GatedDeltaNet"), ("mlp", "MLP"), ("head", "head"))
@@ -152,6 +152,14 @@ def summary_line(d: Mapping) -> str:
     return s
 
 
+def evidence_text(d: Mapping) -> str:
+    """What the trials' rows are: localisation decodes restorations in torch, so emulation unless the
+    record says otherwise (harness.evidence)."""
+    from harness.evidence import describe
+
+    return f"Evidence: {describe(str(d.get('evidence') or 'emulation'))}."
+
+
 def sizes_items(d: Mapping) -> list[tuple[str, str]]:
     sizes = d.get("sizes", {})
     out = [(f"candidate {d['candidate']}", size_text(sizes.get("candidate")))]
@@ -222,7 +230,8 @@ def markdown_lines(d: Mapping, level: int = 2) -> list[str]:
     """The localisation section as Markdown lines (a `#`*level heading and its sub-sections)."""
     d = check_record(d)
     hh = "#" * level
-    out = [f"{hh} Flip localisation: {md_text(visible(d['gate']))}", "", md_text(visible(summary_line(d))) + ".", ""]
+    out = [f"{hh} Flip localisation: {md_text(visible(d['gate']))}", "", md_text(visible(summary_line(d))) + ".", "",
+           md_text(evidence_text(d)), ""]
     for note in d.get("notes", []):
         out += [md_text(visible(note)), ""]
     if not d["positions"]:
@@ -264,7 +273,7 @@ def markdown_lines(d: Mapping, level: int = 2) -> list[str]:
     if st:
         out += [md_text(st) + ".", ""]
     if sug and sug.get("recipe"):
-        fence = "`" * max(3, _longest_backticks(sug["recipe"]) + 1)
+        fence = fence_for(sug["recipe"].splitlines())
         out += [f"{hh}# Suggested recipe file", "", fence + "toml"] + [visible(x) for x in sug["recipe"].splitlines()]
         out += [fence, ""]
     return out
@@ -318,7 +327,8 @@ def section_html(d: Mapping) -> str:
     """The localisation as one `<section>` (its own small stylesheet; no script) for a report page."""
     d = check_record(d)
     parts = [f"<style>{_CSS}</style>", f'<section id="localise"><h2>Flip localisation: {h(visible(d["gate"]))}</h2>',
-             f'<p id="localise-summary">{h(visible(summary_line(d)))}.</p>']
+             f'<p id="localise-summary">{h(visible(summary_line(d)))}.</p>',
+             f'<p class="note" id="localise-evidence">{h(evidence_text(d))}</p>']
     for note in d.get("notes", []):
         parts.append(f'<p class="note">{h(visible(note))}</p>')
     if not d["positions"]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Mapping
 
 from .escape import md_text, visible
+from .fences import fence_for
+from .localise import markdown_lines as localise_markdown_lines
 from .model import (COMPARISON_COLUMNS, COMPARISON_HEADERS, SIGNOFF_FIELDS, Report, comparison_row, flip_cells, made_line,
                     flip_headers, flip_row, flips, margin_space_note, notes, one_line, policy_items,
                     provenance_items, reasons, subject_provenance, summary_extras)
@@ -74,19 +76,11 @@ def provenance_lines(report: Report, prov: Mapping) -> list[str]:
     out += _table(("key", "value"), rows) + [""]
     for key, lines in blocks:
         # A fence longer than any backtick run inside the text: recipe text cannot close it.
-        fence = "`" * max(3, max(map(_longest_backticks, lines), default=0) + 1)
+        fence = fence_for(lines)
         out += [f"{md_text(key)}:", "", fence + "text", *lines, fence, ""]
     if report.made:
         out += [made_line(report.made, md_text), ""]
     return out
-
-
-def _longest_backticks(text: str) -> int:
-    best = run = 0
-    for c in text:
-        run = run + 1 if c == "`" else 0
-        best = max(best, run)
-    return best
 
 
 def signoff_lines() -> list[str]:
@@ -111,10 +105,8 @@ def render_markdown(report: Report, plots: Mapping[str, str] | None = None) -> s
     out += comparison_lines(report)
     out += _plot_lines(plots)
     out += flip_lines(report)
-    if report.localisations:
-        from .localise import markdown_lines
-        for d in report.localisations:
-            out += markdown_lines(d)
+    for d in report.localisations:
+        out += localise_markdown_lines(d)
     if subject is not None:
         out += provenance_lines(report, subject_provenance(report))
         out += signoff_lines()

@@ -123,8 +123,8 @@ def max_kl(v: Mapping) -> float | None:
 # ---- views ---------------------------------------------------------------------------------------
 
 COMPARISON_COLUMNS = ("gate", "candidate", "control", "exact", "rule", "defects", "oracle_artifacts",
-                      "tie_flips", "invalid", "min_cosine", "mean_cosine", "mean_kl", "max_kl", "verdict")
-COMPARISON_HEADERS = {"gate": "gate", "candidate": "candidate", "control": "control", "exact": "exact k/n",
+                      "tie_flips", "invalid", "min_cosine", "mean_cosine", "mean_kl", "max_kl", "verdict", "evidence")
+COMPARISON_HEADERS = {"gate": "gate", "candidate": "candidate", "evidence": "evidence", "control": "control", "exact": "exact k/n",
                       "rule": "rule k/n", "defects": "defects", "oracle_artifacts": "oracle-artifacts",
                       "tie_flips": "tie-flips", "invalid": "invalid", "min_cosine": "min cosine",
                       "mean_cosine": "mean cosine", "mean_kl": "mean KL", "max_kl": "max KL",
@@ -137,6 +137,7 @@ def comparison_row(v: Mapping) -> dict:
     n = s["positions"]
     return {
         "gate": visible(v["gate"]), "candidate": visible(candidate_name(v)),
+        "evidence": evidence_label(v),
         "control": visible(control_name(v)) or "—",
         "exact": f"{s['exact']}/{n}", "rule": f"{s['rule']}/{n}",
         "defects": str(s["defects"]), "oracle_artifacts": str(s["oracle_artifacts"]),
@@ -145,6 +146,21 @@ def comparison_row(v: Mapping) -> dict:
         "mean_kl": fmt(s["mean_kl"], 6), "max_kl": fmt(max_kl(v), 6),
         "verdict": verdict_word(v),
     }
+
+
+def candidate_evidence(v: Mapping) -> str:
+    """What the candidate's rows are (harness.evidence kind), from the verdict's trace record."""
+    from harness.evidence import evidence_of
+
+    info = (v.get("provenance") or {}).get("candidate")
+    return evidence_of(info) if isinstance(info, Mapping) else "unknown"
+
+
+def evidence_label(v: Mapping) -> str:
+    """`device`, `Linux reference runtime`, `emulation` or `unknown`: every report shows it."""
+    from harness.evidence import label
+
+    return label(candidate_evidence(v))
 
 
 def verdict_word(v: Mapping) -> str:
@@ -156,7 +172,8 @@ def one_line(v: Mapping) -> str:
     r = comparison_row(v)
     return (f"{r['gate']}: {r['verdict']} — exact {r['exact']}, rule {r['rule']}, defects {r['defects']}, "
             f"oracle-artifacts {r['oracle_artifacts']}, tie-flips {r['tie_flips']}, invalid {r['invalid']}; "
-            f"cosine min {r['min_cosine']} mean {r['mean_cosine']}; KL mean {r['mean_kl']} max {r['max_kl']}")
+            f"cosine min {r['min_cosine']} mean {r['mean_cosine']}; KL mean {r['mean_kl']} max {r['max_kl']}; "
+            f"evidence: {r['evidence']}")
 
 
 def policy_items(v: Mapping) -> list[tuple[str, str]]:

@@ -24,7 +24,7 @@ from harness.fileio import write_bytes_atomic, write_text_atomic
 from .data import dumps, render_csv, render_json
 from .html import render_html
 from .markdown import render_markdown
-from .model import SIGNOFF_FIELDS, SIGNOFF_SCHEMA, Report, candidate_name, control_name, subject_provenance
+from .model import SIGNOFF_FIELDS, SIGNOFF_SCHEMA, Report, candidate_evidence, candidate_name, control_name, subject_provenance
 from .plots import render_plots
 from .terminal import render_terminal
 
@@ -119,7 +119,8 @@ def signoff_document(report: Report) -> dict:
         "gate": subject["gate"],
         "passed": subject["passed"],
         "policy": subject["policy"],
-        "comparison": [{"gate": v["gate"], "candidate": candidate_name(v), "control": control_name(v) or None,
+        "comparison": [{"gate": v["gate"], "candidate": candidate_name(v), "evidence": candidate_evidence(v),
+                        "control": control_name(v) or None,
                         "passed": v["passed"], **v["summary"]} for v in report.verdicts],
         "provenance": subject_provenance(report),
         "report": report.made,

@@ -70,7 +70,20 @@ def _decoder(tokenizer_dir, traces):
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(path))
-    return lambda ids: tok.decode(list(ids), skip_special_tokens=False)
+    size = tok.get_vocab_size(with_added_tokens=True)
+    for t in traces:  # the sequences must be this tokenizer's ids (the reader checked them against vocab_size)
+        if t.max_token_id >= size:
+            raise InputError(f"{t.path}: input_ids hold token id {t.max_token_id}, beyond the {size} tokens of "
+                             f"the tokenizer {path}")
+
+    def decode(ids):
+        # a predicted id may lie in the model's padded vocabulary, past the tokenizer: say so, never drop it
+        ids = [int(i) for i in ids]
+        if all(0 <= i < size for i in ids):
+            return tok.decode(ids, skip_special_tokens=False)
+        return "".join(tok.decode([i], skip_special_tokens=False) if 0 <= i < size
+                       else f"<id {i}: not in the tokenizer>" for i in ids)
+    return decode
 
 
 def run(args) -> int:

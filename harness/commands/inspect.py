@@ -47,7 +47,7 @@ def run(args) -> int:
         check_functions(bundle, audit)
     if args.variant and audit is None:
         raise InputError("--variant needs the asset audit: drop --no-audit")
-    checks, fits, unchecked = [], None, ""
+    checks, claims, fits, unchecked = [], [], None, ""
     if audit is not None:
         from ..recipe import load_recipes
 
@@ -58,7 +58,6 @@ def run(args) -> int:
         fits = fitting_variants(audit, expectations)
         # metadata.json's own claim is checked whether or not --variant is given; a name that is no
         # recipe cannot be checked, and inspect says so (a candidate refuses to claim it)
-        claims = []
         if md.compression and md.compression in recipes:
             claims.append(VariantClaim(md.compression, f"{md.path} 'compression'"))
         elif md.compression:
@@ -70,8 +69,11 @@ def run(args) -> int:
             checks.append(audit_claim(bundle, audit, claim, recipes, model_dir, expectations=expectations))
 
     if args.json:
+        from reports.speed import weight_bytes
+
         doc = {
-            "bundle": str(bundle.path), "name": md.name, "metadata_version": md.metadata_version,
+            "bundle": str(bundle.path), "bundle_bytes": _bytes_on_disk(bundle.path), "name": md.name,
+            "metadata_version": md.metadata_version,
             "vocab_size": md.vocab_size, "max_context_length": md.max_context_length,
             "function_map": md.function_map, "compression": md.compression, "asset": md.assets["main"],
             "tokenizer": None if tok is None else {"same_as_oracle": tok.same, "vocab": tok.vocab_size,
@@ -82,14 +84,17 @@ def run(args) -> int:
                 "functions": {f: {k: [s.describe() for s in getattr(sig, k)] for k in ("inputs", "outputs", "states")}
                               for f, sig in audit.functions.items()},
                 "storage": audit.storage, "weight_storage_mix": audit.storage_fractions(),
+                "weight_bytes": weight_bytes(audit.storage, str(bundle.asset_path)),
                 "compute_types": list(audit.compute_types), "operations": dict(audit.operations)}
             doc["storage_fits"] = fits
         if unchecked:
             doc["note"] = unchecked
-        for vcheck in checks:
-            doc.setdefault("variant_checks", []).append(
-                {"variant": vcheck.variant, "ok": vcheck.ok, "expected": vcheck.expected.as_json(),
-                 "found": {f"int{b}": n for b, n in vcheck.found.items()}})
+        # a contradiction never gets here (it is refused above): every check printed held
+        found = [{"variant": c.variant, "source": claim.source, "ok": c.ok, "reason": c.reason,
+                  "expected": c.expected.as_json(), "found": c.found} for c, claim in zip(checks, claims)]
+        if found:
+            doc["variant_check"] = found[-1]   # --variant's when given, else metadata.json's claim
+            doc["variant_checks"] = found
         print(json.dumps(doc, indent=2, ensure_ascii=False))
     else:
         print(f"{bundle.path}: Core AI LanguageBundle {md.name!r} (metadata {md.metadata_version})")
@@ -119,3 +124,17 @@ def run(args) -> int:
             print(f"  variant {vcheck.variant}: the asset's storage agrees with the recipe "
                   + ", ".join(f"(int{b}: {n:,} elements)" for b, n in sorted(vcheck.found.items())))
     return 0
+
+
+def _bytes_on_disk(folder) -> int:
+    """Bytes of the regular files under the bundle folder (links not followed): its size on disk."""
+    import os
+    import stat
+
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            st = os.lstat(os.path.join(root, name))
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total

@@ -14,13 +14,14 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..evidence import evidence_of, label
     from ..trace import open_trace
 
     for path in args.traces:
         t = open_trace(path)
         print(f"{t.path}: {t.metadata['format']} runner={t.runner} variant={t.variant} "
+              f"evidence={label(evidence_of(t.metadata))!r} "
               f"vocab={t.vocab_size} cases={len(t)}")
         for cid in t.case_ids:
-            ids = t.input_ids(cid)
-            print(f"  {cid}: {len(ids)} tokens, {t.rows(cid)} scored rows ({t.logits_dtype(cid)})")
+            print(f"  {cid}: {t.tokens(cid)} tokens, {t.rows(cid)} scored rows ({t.logits_dtype(cid)})")
     return 0

@@ -3,11 +3,13 @@ classes against a plain re-implementation of DESIGN.md's rule, dtypes, determini
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
 import numpy as np
 import pytest
+import safetensors.numpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +17,7 @@ from gates import sweep
 from gates.engine import GateJob, evaluate, evaluate_many
 from gates.policy import GatePolicy
 from harness.errors import InputError
-from harness.trace import CaseTrace, base_metadata, write_trace
+from harness.trace import CaseTrace, base_metadata, open_trace, write_trace
 
 from helpers import BF16
 
@@ -338,3 +340,76 @@ def test_decode_fills_the_text_fields(pair):
     assert p["context_text"] == "".join(f"<{i}>" for i in ids[:p["position"]])
     assert p["oracle_top1_text"] == f"<{p['oracle_top1']}>" and p["control_top1_text"] is None
     assert p["oracle_top2_text"] == f"<{p['oracle_top2']}>"
+
+
+# ---- issue 13: the engine's input checks on trace contents -------------------------------------
+
+def test_token_ids_outside_the_vocabulary_never_reach_a_verdict(pair):
+    tmp, o, op = pair
+    for bad_id in (40, -3):  # vocab 40
+        ids = o[1].input_ids.copy()
+        ids[2] = bad_id
+        with pytest.raises(InputError, match=f"token id {bad_id}, outside"):  # the writer refuses them too
+            _write(tmp / "refused.safetensors", [o[0], CaseTrace("b", ids, o[1].logits)])
+        bad = tmp / f"bad{bad_id}.safetensors"  # another runtime's writer, e.g. an import
+        safetensors.numpy.save_file({"a/input_ids": o[0].input_ids, "a/logits": o[0].logits, "b/input_ids": ids,
+                                     "b/logits": o[1].logits}, str(bad),
+                                    metadata={k: v for k, v in open_trace(op).metadata.items()})
+        with pytest.raises(InputError, match=rf"{bad}: case 'b': input_ids hold token id {bad_id} at position 2, "
+                                             r"outside the vocabulary \[0, 40\)"):
+            evaluate(op, bad, policy=POLICY)
+        with pytest.raises(InputError, match=f"token id {bad_id}"):
+            evaluate(bad, op, policy=POLICY)
+
+
+def test_a_long_case_gives_the_same_texts_from_the_ids_it_reads(tmp_path):
+    # only the scored tokens and the CONTEXT_TOKENS before them are read; the texts must not change
+    from gates.engine import CONTEXT_TOKENS
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(5, 40)).astype(np.float32)
+    c = _case("long", logits, prompt=CONTEXT_TOKENS * 3, seed=4)
+    op = _write(tmp_path / "o.safetensors", [c])
+    cp = _write(tmp_path / "c.safetensors", [_case("long", logits + 0.001, c.input_ids)])
+    v = evaluate(op, cp, policy=POLICY, decode=lambda ids: ",".join(map(str, ids)))
+    ids = c.input_ids
+    for p in v.positions:
+        pos = p["position"]
+        assert p["context_text"] == ",".join(map(str, ids[pos - CONTEXT_TOKENS:pos]))
+        assert p["target_token"] == int(ids[pos]) and p["target_text"] == str(int(ids[pos]))
+
+
+def test_ids_past_the_tokenizer_are_refused_in_the_sequence_and_marked_in_predictions(tmp_path, capsys):
+    from harness.cli import main
+    from harness.models import fixture_model_path
+
+    model = fixture_model_path()
+    if not (model / "tokenizer.json").is_file():
+        pytest.skip("the bundled fixture tokenizer is not there")
+    vocab = 4096  # the model's padded vocabulary: the fixture tokenizer holds 2048 tokens
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, vocab)).astype(np.float32)
+    logits[:, 2048:] -= 10.0  # the oracle never predicts a padded id...
+    cand = logits.copy()
+    cand[1, 3500] = 50.0  # ...the candidate does once
+    ids = np.concatenate([[300, 301, 302], np.argmax(logits, axis=1)])
+
+    def write(name, values, seq, runner):
+        meta = base_metadata(runner=runner, variant="fp16" if runner != "hf" else "bf16", vocab_size=vocab)
+        return write_trace(tmp_path / name, meta, [CaseTrace("a", seq, values)])
+
+    op, cp = write("o.safetensors", logits, ids, "hf"), write("c.safetensors", cand, ids, "emulated")
+    out = tmp_path / "v.json"
+    assert main(["gate", "fp16", "--no-control", "--oracle", str(op), "--candidate", str(cp),
+                 "--tokenizer", str(model), "--json", str(out)]) in (0, 1)
+    p = json.loads(out.read_text())["positions"][1]
+    assert p["candidate_top1"] == 3500 and p["candidate_top1_text"] == "<id 3500: not in the tokenizer>"
+    capsys.readouterr()
+    beyond = ids.copy()
+    beyond[1] = 3000
+    op2, cp2 = write("o2.safetensors", logits, beyond, "hf"), write("c2.safetensors", cand, beyond, "emulated")
+    rc = main(["gate", "fp16", "--no-control", "--oracle", str(op2), "--candidate", str(cp2),
+               "--tokenizer", str(model)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0
+    assert str(op2) in err and "token id 3000, beyond the 2048 tokens of the tokenizer" in err

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from harness.cases import DEFAULT_NEW_TOKENS, bundled_cases_path, load_cases, select_shard, tokenize_case
+from harness.cases import (DEFAULT_NEW_TOKENS, bundled_cases_path, case_id_problem, load_cases, select_shard,
+                           tokenize_case)
 from harness.errors import InputError
 
 
@@ -66,8 +67,9 @@ def test_tokenize_case(tmp_path):
     ('{"id": "a"}', "exactly one of 'prompt' or 'prompt_ids'"),
     ('{"id": "a", "prompt": "x", "prompt_ids": [1]}', "exactly one of"),
     ('{"id": "a", "prompt": "x", "colour": 1}', "unknown key 'colour'"),
-    ('{"id": "a/b", "prompt": "x"}', "'id' must be"),
+    ('{"id": "a/b", "prompt": "x"}', "'id' 'a/b' is refused: a case id must not hold '/'"),
     ('{"id": "a", "prompt_ids": [1, -2]}', "'prompt_ids' must be a non-empty list"),
+    ('{"id": "a", "prompt_ids": [1, ' + str(2**70) + ']}', "non-negative int64 integers"),
     ('{"id": "a", "prompt_ids": [1, 2.5]}', "'prompt_ids' must be"),
     ('{"id": "a", "prompt": "x", "new_tokens": 0}', "'new_tokens' must be a positive integer"),
     ('{"id": "a", "prompt": "x", "continuation": "y", "continuation_ids": [1]}', "both"),
@@ -103,3 +105,39 @@ def test_select_shard():
     for bad in ("3/3", "x", "1/0", "-1/2"):
         with pytest.raises(InputError, match="--shard"):
             select_shard(items, bad)
+
+
+def test_a_raw_line_separator_inside_a_string_is_text_not_a_line_break(tmp_path):
+    # U+2028/U+2029/U+0085 are valid raw inside JSON strings; str.splitlines would break the line there
+    p = write(tmp_path, ['{"id": "a", "prompt": "one\u2028two\u2029three\x85four"}',
+                         '{"id": "b", "prompt": "next"}', '{"id": "b", "prompt": "again"}'])
+    with pytest.raises(InputError, match=r":3: duplicate case id 'b' \(first on line 2\)"):
+        load_cases(p)  # line numbers count '\n' only, as an editor does
+    p = write(tmp_path, ['{"id": "a", "prompt": "one\u2028two\u2029three\x85four"}'])
+    assert load_cases(p).specs[0].prompt == "one\u2028two\u2029three\x85four"
+
+
+@pytest.mark.parametrize("cid", ["..", ".", "a\\b", "nul\x00", "\x1b]0;title\x07", "rtl\u202e", "sep\u2028",
+                                 "x" * 201, "\ud800"])
+def test_the_loader_applies_the_one_case_id_rule(tmp_path, cid):
+    p = tmp_path / "cases.jsonl"
+    p.write_text(json.dumps({"id": cid, "prompt": "x"}) + "\n", encoding="utf-8")  # JSON escapes keep it one line
+    with pytest.raises(InputError) as e:
+        load_cases(p)
+    assert f"{p}:1:" in str(e.value) and case_id_problem(cid) in str(e.value)
+
+
+def test_case_ids_that_are_safe_are_kept():
+    for cid in ("greeting", "a b", "café", "a..b", "x" * 200, "日本語", "line-4"):
+        assert case_id_problem(cid) is None, cid
+
+
+@pytest.mark.parametrize("line,needle", [
+    ("[" * 200_000 + "]" * 200_000, "nested 200000 deep"),
+    ('{"id": "a", "prompt_ids": [' + "9" * 5000 + "]}", "refused JSON"),
+], ids=["200000-deep", "5000-digit-id"])
+def test_a_hostile_line_is_one_clear_error(tmp_path, line, needle):
+    p = write(tmp_path, ['{"id": "ok", "prompt": "fine"}', line])
+    with pytest.raises(InputError, match=needle) as e:
+        load_cases(p)
+    assert f"{p}:2:" in str(e.value)

@@ -246,6 +246,7 @@ def test_int8hu_on_the_qwen36_scenario_passes_and_reports_its_flips(pytester, qw
     # the summary ends with the verdict line and the report path
     tail = result.outlines[-3:]
     assert tail[0].startswith("int8hu: PASS — exact 14/16, rule 15/16, 0 defects, 1 oracle-artifact"), tail
+    assert "; evidence: " in tail[0]  # the line names what the candidate's rows are
     assert tail[1].startswith("report: ") and tail[2].startswith("=") and "18 passed" in tail[2]
     folder = report_folder(result)
     assert folder.parent == tmp_path / "reports" and folder.name.startswith("pytest-")

@@ -106,3 +106,17 @@ def test_join_cases_streams_mixed_dtypes(tmp_path, trace_factory):
     with pytest.raises(InputError, match="given twice"):
         join_cases(tmp_path / "k.safetensors", meta, [(a, "p"), (a, "p")])
     assert not (tmp_path / "k.safetensors").exists()
+
+
+def test_merge_applies_the_case_id_rule_to_the_case_set_it_reads(trace_factory, tmp_path):
+    from harness.cases import case_id_problem
+
+    bad = "../outside"
+    a = trace_factory("a.safetensors", [make_case("x")], case_set=json.dumps(["x", bad]))
+    with pytest.raises(InputError, match="metadata 'case_set' lists case") as e:
+        merge_traces([a], tmp_path / "o.safetensors")
+    assert case_id_problem(bad) in str(e.value)
+    deep = trace_factory("d.safetensors", [make_case("x")], case_set="[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InputError, match="not a JSON list of case ids"):  # not a RecursionError
+        merge_traces([deep], tmp_path / "o.safetensors")
+    assert not (tmp_path / "o.safetensors").exists()

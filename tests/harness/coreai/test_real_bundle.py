@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,6 +76,10 @@ def test_inspect_json(real_bundle, fixture_dir, capsys):
     assert doc["vocab_size"] == 2048 and doc["tokenizer"]["same_as_oracle"] is True
     assert doc["asset_audit"]["functions"]["main"]["states"][3].startswith("recurrentStates Float32")
     assert doc["asset_audit"]["storage"]["Int8"] > 2_000_000
+    on_disk = sum(p.stat().st_size for p in Path(real_bundle).rglob("*") if p.is_file() and not p.is_symlink())
+    assert doc["bundle_bytes"] == on_disk
+    st = doc["asset_audit"]["storage"]
+    assert doc["asset_audit"]["weight_bytes"] == st["Int8"] + 2 * st["Float16"] + 4 * st.get("Float32", 0)
 
 
 def test_capture_through_llm_runner_gates_as_the_emulated_trace(real_bundle_with_standin, llm_runner_standin,
@@ -126,6 +131,9 @@ def test_coreai_python_runs_the_bundle(real_bundle, coreai_oracle, emulated_int8
                            vocab_size=oracle.vocab_size)
     t, emulated = open_trace(out), open_trace(emulated_int8hu)
     assert t.runner == "coreai-python" and t.metadata["coreai_runtime"]
+    # named for what it is: the OS framework on a Mac is the device, coreai-core's own runtime is not
+    want_evidence = "device" if t.metadata["coreai_runtime"].startswith("Core AI framework") else "reference-runtime"
+    assert t.metadata["evidence"] == want_evidence
     for cid in oracle.case_ids:
         got = t.case(cid).logits.astype(np.float32)
         want = emulated.case(cid).logits.astype(np.float32)

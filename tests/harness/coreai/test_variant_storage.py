@@ -69,6 +69,15 @@ def test_inspect_accepts_a_genuine_mixed_bundle(variant_bundle, fixture_dir, cap
     out = capsys.readouterr().out
     assert "variant mixed: the asset's storage agrees with the recipe (int4: 1,216,512 elements)" in out
     assert "storage fits: mixed\n" in out
+    assert main(["inspect", str(variant_bundle("mixed")), "--model", str(fixture_dir), "--variant", "mixed",
+                 "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    check = doc["variant_check"]   # `flipgate card` reads this one
+    assert (check["variant"], check["ok"], check["source"]) == ("mixed", True, "--variant")
+    assert check["expected"]["integer"]["int4"] == {"codes": 1_179_648, "zero_points": 36_864,
+                                                    "zero_point_splat_sizes": [], "allowed": [1_216_512]}
+    assert check["found"] == {"4": 1_216_512, "8": doc["asset_audit"]["storage"]["Int8"]}
+    assert doc["storage_fits"] == ["mixed"]
 
 
 def test_inspect_refuses_mixed_edge_as_mixed(variant_bundle, fixture_dir, capsys):
