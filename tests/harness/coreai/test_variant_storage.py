@@ -132,7 +132,8 @@ def test_a_true_label_is_checked_and_recorded(variant_bundle, fixture_dir, tmp_p
     assert meta["variant_source"].endswith("metadata.json 'compression'")
     assert meta["storage_check"] == "int4lin agrees with the asset's storage"
     assert main(["inspect", str(honest), "--model", str(fixture_dir)]) == 0
-    assert "variant int4lin: the asset's storage agrees with the recipe (int4: 1,893,504 elements)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "variant int4lin: the asset's storage agrees with the recipe (int4: 1,893,504 elements)" in out
 
 
 def test_a_label_that_names_no_recipe_is_not_claimed(variant_bundle, fixture_dir, tmp_path, capsys):
