@@ -76,3 +76,24 @@ def test_content_hash_is_remembered_only_while_the_file_is_unchanged(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "x").write_bytes(b"")
     assert tree_sha256(tmp_path) != t1   # a new file changes the tree's hash
+
+
+def test_keys_follow_the_bytes_of_an_imported_trace_and_of_the_oracle(emulated_int8hu, emulated_fp16, coreai_oracle,
+                                                                      fixture_dir, tmp_path):
+    """`trace:FILE` rewritten under the same name, or the oracle trace rewritten under its name: new keys."""
+    from harness.candidates import resolve
+    from harness.pipeline import workspace
+
+    ws = workspace(model=str(fixture_dir), cache_dir=str(tmp_path / "cache"))
+    given, oracle = tmp_path / "given.safetensors", tmp_path / "oracle.safetensors"
+    shutil.copy(emulated_int8hu, given)
+    shutil.copy(coreai_oracle, oracle)
+    spec = f"trace:{given}"
+    first = ws.candidate_key(spec, resolve(spec), oracle)
+    assert ws.candidate_key(spec, resolve(spec), oracle) == first
+    shutil.copy(emulated_fp16, given)
+    second = ws.candidate_key(spec, resolve(spec), oracle)
+    assert second != first
+    t = open_trace(coreai_oracle)
+    write_trace(oracle, {**t.metadata, "note": "rewritten"}, [t.case(c) for c in t.case_ids])
+    assert ws.candidate_key(spec, resolve(spec), oracle) != second
