@@ -347,7 +347,9 @@ def check_functions(bundle: LanguageBundle, audit: AssetAudit) -> None:
 #
 # So each integer width has a finite set of possible counts, computed from the recipe and the model's
 # module shapes; anything else contradicts the variant. (An asymmetric weight whose zero points all
-# came out equal would be a splat too; trained weights of real size do not do that.)
+# came out equal would be a splat too; trained weights of real size do not do that.) Storage cannot
+# tell `symmetric` from `symmetric_with_clipping` (they store alike); only the numbers can.
+# Measured per_channel (one scale per output row) and asymmetric int8 too; block 32 throughout.
 
 @dataclass(frozen=True)
 class ExpectedStorage:

@@ -228,18 +228,25 @@ def light_bundle(fixture_dir, emulated_all_rows, tmp_path_factory) -> Path:
     return root
 
 
-def build_variant_bundle(fixture_dir: Path, variant: str, out: Path, *, compression: str | None = None) -> Path:
+def build_variant_bundle(fixture_dir: Path, variant: str, out: Path, *, compression: str | None = None,
+                         recipes: Path | None = None) -> Path:
     """The fixture quantized by coreai-opt with `variant`'s recipe (`prepare_coreai_opt` + `finalize`: Core AI
     custom ops holding integer codes, fp16 block scales and zero points) and converted by coreai-torch."""
     from harness.candidates.emulated import load_fp16, prepare_coreai_opt
     from harness.recipe import get_recipe
 
     model = load_fp16(fixture_dir)
-    plan = get_recipe(variant).plan(model)
+    plan = get_recipe(variant, recipes).plan(model)
     if any(spec is not None for spec in plan.values()):
         quantizer, prepared = prepare_coreai_opt(model, plan)
         model = quantizer.finalize(prepared)
     return build_bundle(model, fixture_dir, out, name=f"fixture-{variant}-test-artifact", compression=compression)
+
+
+@pytest.fixture(scope="session")
+def bundle_builder():
+    """build_variant_bundle, for tests that build bundles of their own recipes."""
+    return build_variant_bundle
 
 
 @pytest.fixture(scope="session")

@@ -63,6 +63,44 @@ def test_each_real_bundle_is_refused_as_every_other_variant(variant, audits, exp
             assert res.reason.startswith(f"gated as {other!r}") and res.reason.endswith(f"its storage fits {variant}")
 
 
+OTHER_SCHEMES = """
+format = "flipgate.recipes/1"
+[recipes.pc8]
+description = "per-channel int8 body, asymmetric int8 head"
+rules = [
+  { name = "head", modules = 'lm_head', dtype = "int8", qscheme = "asymmetric", granularity = "per_block", block_size = 32 },
+  { name = "body", modules = '.*layers\\.\\d+\\.(self_attn|linear_attn|mlp)\\.\\w+', dtype = "int8", qscheme = "symmetric_with_clipping", granularity = "per_channel" },
+]
+[recipes.sym4]
+description = "int4 symmetric body, fp16 head"
+rules = [
+  { name = "head", modules = 'lm_head', dtype = "fp16" },
+  { name = "body", modules = '.*layers\\.\\d+\\.(self_attn|linear_attn|mlp)\\.\\w+', dtype = "int4", qscheme = "symmetric", block_size = 32 },
+]
+"""
+
+
+def test_per_channel_asymmetric_int8_and_symmetric_int4_are_exact_too(fixture_dir, bundle_builder, tmp_path):
+    """Schemes no bundled recipe uses, on real bundles: per-channel scales (one per output row), an asymmetric
+    int8 head (an Int8 zero point per block), symmetric int4 (all-zero zero points, one splat counted)."""
+    path = tmp_path / "recipes.toml"
+    path.write_text(OTHER_SCHEMES, encoding="utf-8")
+    recipes = load_recipes(path)
+    arch = meta_model(fixture_dir)
+    for variant in ("pc8", "sym4"):
+        bundle = bundle_builder(fixture_dir, variant, tmp_path / variant, recipes=path)
+        audit = audit_asset(open_bundle(bundle).asset_path)
+        exp = expected_storage(recipes[variant], arch)
+        assert check_variant(audit, variant, recipes[variant], expected=exp), audit.storage
+        fits = fitting_variants(audit, variant_expectations(arch, recipes))
+        # symmetric and symmetric_with_clipping store alike (codes, scales, all-zero zero points): storage
+        # cannot tell sym4 from int4lin, only the numbers could
+        assert fits == {"pc8": ["pc8"], "sym4": ["int4lin", "sym4"]}[variant]
+    assert exp.codes == {4: 1_893_376}
+    pc8 = expected_storage(recipes["pc8"], arch)
+    assert pc8.zero_points == {8: 262_144 // 32} and pc8.scales == 262_144 // 32 + sum(pc8.zero_splats[8])
+
+
 def test_inspect_accepts_a_genuine_mixed_bundle(variant_bundle, fixture_dir, capsys):
     """Asymmetric int4 stores one zero point per block (+3.1 % Int4 elements): part of the recipe, no excess."""
     assert main(["inspect", str(variant_bundle("mixed")), "--model", str(fixture_dir), "--variant", "mixed"]) == 0
