@@ -48,6 +48,8 @@ def run(args) -> int:
     if args.variant and audit is None:
         raise InputError("--variant needs the asset audit: drop --no-audit")
     checks, claims, fits, unchecked = [], [], None, ""
+    if audit is None and md.compression:
+        unchecked = f"metadata.json's compression {md.compression!r} not checked against the storage (--no-audit)"
     if audit is not None:
         from ..recipe import load_recipes
 
