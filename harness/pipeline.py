@@ -4,7 +4,14 @@ cache, and judge each gate. `flipgate compare`, `flipgate signoff` and `pytest -
 Cache layout (default `.flipgate/` in the working directory, or $FLIPGATE_CACHE):
 
     .flipgate/traces/oracle-<dtype>-<key>.safetensors  key = model weights + tokenizer + case set + dtype
-    .flipgate/traces/<spec>-<key>.safetensors          key = oracle trace + candidate spec + recipe + mode
+                                                       + package versions
+    .flipgate/traces/<spec>-<key>.safetensors          key = oracle trace's bytes + candidate spec + the
+                                                       candidate's whole provenance (recipe text, mode,
+                                                       weights sha256, ...) + the bytes of any bundle or
+                                                       trace it reads + model weights + package versions
+
+A key is made from the content of everything that produced the trace, never from a path alone: a
+bundle rebuilt at the same path, or an oracle trace rewritten under the same name, gets a new key.
 
 Every trace is written to a temporary file and renamed, so a reader never sees half a trace. Each
 entry is computed under an exclusive lock (`.flipgate/locks/<entry>.lock`, flock): two runs at once on one cache
@@ -52,7 +59,7 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"flipgate": __version__, "python": platform.python_version()}
-    for dist in ("torch", "transformers", "coreai-opt", "numpy"):
+    for dist in ("torch", "transformers", "coreai-opt", "numpy", "coreai-core", "coreai-torch"):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:
@@ -161,7 +168,7 @@ class Workspace:
         cases = load_cases(self.cases_path)
         # "case_set/1": traces cached before they carried the case set hash are not reused
         return _key("oracle", weights_sha256(self.model_dir), self.tokenizer_sha256(),
-                    cases.sha256, self.dtype, __version__, "case_set/1")
+                    cases.sha256, self.dtype, __version__, "case_set/1", _versions())
 
     def oracle_trace(self) -> Path:
         path = self.traces_dir / f"oracle-{self.dtype}-{self.oracle_key()}.safetensors"
@@ -181,6 +188,19 @@ class Workspace:
         self.say(f"oracle: done in {time.perf_counter() - t0:.1f} s")
         return out
 
+    def candidate_key(self, spec: str, candidate, oracle_path: Path) -> str:
+        """The cache key of a candidate's trace: the content of everything that produces it."""
+        from .contenthash import file_sha256
+        from .models import weight_files
+
+        # what the candidate reads beyond the model: a Core AI bundle, an imported trace
+        reads = candidate.content_sha256() if hasattr(candidate, "content_sha256") else ""
+        if not reads and getattr(candidate, "path", None) is not None and Path(candidate.path).is_file():
+            reads = file_sha256(candidate.path)
+        model = {f.name: file_sha256(f) for f in weight_files(self.model_dir)} if self.model_dir.is_dir() else {}
+        return _key("candidate", file_sha256(oracle_path), spec, candidate.runner, candidate.variant,
+                    candidate.metadata(), reads, model, self.tokenizer_sha256(), _versions(), __version__)
+
     def candidate_trace(self, spec: str, oracle_path: Path, recipes_path: str | None = None) -> Path:
         from .candidates import resolve
 
@@ -188,8 +208,7 @@ class Workspace:
         if recipes_path:
             options["recipes"] = recipes_path
         candidate = resolve(spec, **options)
-        meta = candidate.metadata()
-        key = _key("candidate", oracle_path.name, spec, meta.get("recipe", ""), meta.get("mode", ""), __version__)
+        key = self.candidate_key(spec, candidate, oracle_path)
         path = self.traces_dir / f"{_safe(spec)}-{key}.safetensors"
         with _entry_lock(path):
             return self._candidate_entry(spec, candidate, path, oracle_path)

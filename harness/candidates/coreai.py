@@ -23,11 +23,12 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from ..contenthash import tree_sha256
 from ..coreai.bundle import (
-    AssetAudit, LanguageBundle, VariantCheck, audit_asset, check_functions, check_tokenizer, check_variant,
-    expected_elements, meta_model, open_bundle, variant_expectations,
+    AssetAudit, LanguageBundle, VariantCheck, audit_asset, audit_claim, check_functions, check_tokenizer,
+    claimed_variant, open_bundle,
 )
-from ..coreai.logits_file import LogitsFileError, read_logits_file, scored_rows, write_raw_tokens
+from ..coreai.logits_file import LogitsFileError, case_file, read_logits_file, scored_rows, write_raw_tokens
 from ..coreai.runtime import (
     COMPUTE_UNITS, MACOS_ONLY, RunnerError, backend_description, find_llm_runner, load_runtime,
     uses_os_runtime,
@@ -76,40 +77,42 @@ class _BundleCandidate:
                              f"differs from the oracle's vocabulary of {self.vocab_size}")
         if self.model:
             check_tokenizer(self.bundle, self.model)
-        self.variant = variant or self.bundle.metadata.compression or "coreai"
+        # The variant the trace will claim, from the caller or from metadata.json: checked against the
+        # asset's storage before anything runs, wherever it came from (a label is never taken on trust).
+        self.claim = claimed_variant(self.bundle, variant)
+        self.variant = self.claim.variant or "coreai"
         self.audit: AssetAudit | None = None
         self.variant_check: VariantCheck | None = None
         self._audit_note = "not audited"
         if audit:
-            self._audit(variant, recipes)
+            self._audit(recipes)
+        elif self.claim.variant is not None:
+            raise InputError(f"{self.bundle.path}: {self.claim.source} claims variant {self.claim.variant!r}: "
+                             f"a claimed variant is always checked against the asset's storage (audit=False refused)")
 
-    def _audit(self, variant: str | None, recipes: str | None) -> None:
+    def _audit(self, recipes: str | None) -> None:
         try:
             self.audit = audit_asset(self.bundle.asset_path)
         except InputError as e:
-            if "needs the coreai-core package" in str(e):
-                self._audit_note = "skipped: coreai-core is not installed"
-                return
-            raise
+            if "needs the coreai-core package" not in str(e):
+                raise
+            if self.claim.variant is not None:
+                raise InputError(f"{self.bundle.path}: {self.claim.source} claims variant {self.claim.variant!r}, "
+                                 f"and checking that claim against the asset's storage needs coreai-core "
+                                 f"(pip install coreai-core)") from None
+            self._audit_note = "skipped: coreai-core is not installed"
+            return
         check_functions(self.bundle, self.audit)
         self._audit_note = self.audit.storage_mix()
-        if variant is None:
+        if self.claim.variant is None:
             return
         from ..recipe import load_recipes
 
-        all_recipes = load_recipes(recipes)
-        recipe = all_recipes.get(variant)
-        if recipe is None:
-            self._audit_note += f" (variant {variant!r} names no recipe: storage not compared)"
-            return
-        expected, others = None, None
-        if self.model:
-            arch = meta_model(self.model)
-            expected = expected_elements(recipe, arch)
-            others = variant_expectations(arch, all_recipes)
-        self.variant_check = check_variant(self.audit, variant, recipe, expected=expected, others=others)
-        if not self.variant_check:
-            raise InputError(f"{self.bundle.path}: {self.variant_check.reason}")
+        self.variant_check = audit_claim(self.bundle, self.audit, self.claim, load_recipes(recipes), self.model)
+
+    def content_sha256(self) -> str:
+        """sha256 over every file of the bundle (names and contents): a trace cache key part."""
+        return tree_sha256(self.bundle.path)
 
     def metadata(self) -> dict[str, str]:
         md = self.bundle.metadata
@@ -119,6 +122,7 @@ class _BundleCandidate:
             "bundle_compression": str(md.compression),
             "asset_program_sha256": _asset_fingerprint(self.bundle),
             "storage_mix": self._audit_note,
+            "variant_source": self.claim.source if self.claim.variant is not None else "",
             "storage_check": ("" if self.variant_check is None else
                               f"{self.variant} agrees with the asset's storage"
                               + (f" ({self.variant_check.note})" if self.variant_check.note else "")),
@@ -172,8 +176,8 @@ class LlmRunnerCandidate(_BundleCandidate):
                 yield self._run_case(seq, folder)
 
     def _run_case(self, seq: Sequence, folder: Path) -> CaseTrace:
-        raw = write_raw_tokens(folder / f"{seq.case_id}.tokens.json", seq.input_ids.tolist())
-        out = folder / f"{seq.case_id}.logits.json"
+        raw = write_raw_tokens(case_file(folder, seq.case_id, ".tokens.json"), seq.input_ids.tolist())
+        out = case_file(folder, seq.case_id, ".logits.json")
         out.unlink(missing_ok=True)
         argv = self.argv(raw, out)
         where = f"case {seq.case_id!r}: llm-runner"

@@ -7,11 +7,12 @@ A LanguageBundle (apple/coreai-models' `bundle_llm_asset`) is a folder:
       NAME.aimodel/        the compiled model asset (Core AI IR bytecode + its metadata)
       tokenizer/           tokenizer.json (+ config), when language.embedded_tokenizer is true
 
-`metadata.json`'s `compression` may say null even for an int8 bundle, so the variant a bundle is
-gated as is checked against what the asset actually stores: `AIModelAsset.summary()` (coreai-core,
-works on Linux) lists every constant's storage type with its element count, so an int8 bundle shows
-Int8 codes where an fp16 one shows Float16. `check_variant` refuses a variant that storage
-contradicts, comparing with the element counts the variant's recipe quantizes on the oracle model.
+`metadata.json`'s `compression` may say null even for an int8 bundle, or name a variant the bundle
+is not, so the variant a bundle is gated as is checked against what the asset actually stores:
+`AIModelAsset.summary()` (coreai-core, works on Linux) lists every constant's storage type with its
+element count, so an int8 bundle shows Int8 codes where an fp16 one shows Float16. `check_variant`
+refuses a variant that storage contradicts, comparing with the EXACT integer element counts the
+variant's recipe makes coreai-opt + coreai-torch store on the oracle model (`expected_storage`).
 """
 
 from __future__ import annotations
@@ -31,9 +32,6 @@ _INT_TYPE = re.compile(r"^(U?Int)(\d+)$")
 _FLOAT_TYPES = ("Float16", "BFloat16", "Float32", "Float64")
 # Recipe dtypes -> the integer bit width their codes are stored in.
 _RECIPE_BITS = {"int8": 8, "int4": 4}
-# A variant's quantized element count may differ from the recipe's by this much before it contradicts
-# (converters may keep a few tiny weights dense); an lm_head is far above it on any real vocabulary.
-COUNT_TOLERANCE = 0.01
 
 
 class BundleError(InputError):
@@ -334,6 +332,69 @@ def check_functions(bundle: LanguageBundle, audit: AssetAudit) -> None:
 
 
 # -- variant against storage -----------------------------------------------------------------------
+#
+# What coreai-opt (0.4) + coreai-torch (0.4) store for a quantized Linear weight [out, in], measured on
+# real converted assets of every bundled recipe (tests/harness/coreai/test_variant_storage.py):
+#
+#   codes        out * in elements of the recipe's integer type (Int8 / Int4)
+#   scales       one Float16 per block (out * in / block_size; per channel: out)
+#   zero points  one per block, in the codes' integer type. coreai-opt's `finalize` gives every weight
+#                a zero-point tensor; under `symmetric` and `symmetric_with_clipping` it is all zero,
+#                which coreai-torch writes as a splat constant, and the asset summary counts equal
+#                splats ONCE, at the size of the first in program order. So an asymmetric weight adds
+#                its block count (+1/32 of its codes at block 32: the "+3.1 % Int4" of mixed), and all
+#                the symmetric weights of one integer type together add the block count of one of them.
+#
+# So each integer width has a finite set of possible counts, computed from the recipe and the model's
+# module shapes; anything else contradicts the variant. (An asymmetric weight whose zero points all
+# came out equal would be a splat too; trained weights of real size do not do that.) Storage cannot
+# tell `symmetric` from `symmetric_with_clipping` (they store alike); only the numbers can.
+# Measured per_channel (one scale per output row) and asymmetric int8 too; block 32 throughout.
+
+@dataclass(frozen=True)
+class ExpectedStorage:
+    """The storage a recipe makes coreai-opt + coreai-torch write for one model (see above)."""
+
+    codes: dict[int, int]                   # integer bits -> quantized weight elements
+    zero_points: dict[int, int]             # integer bits -> zero points of asymmetric weights
+    zero_splats: dict[int, tuple[int, ...]]  # integer bits -> block counts of the symmetric weights
+    scales: int                             # fp16 scales: one per block of every quantized weight
+    dense: int                              # Linear weight elements the recipe keeps in floating point
+
+    @property
+    def bits(self) -> set[int]:
+        return {b for b, n in self.codes.items() if n}
+
+    def allowed(self, bits: int) -> tuple[int, ...]:
+        """Every element count of `bits`-bit integer storage this recipe can produce (sorted)."""
+        base = self.codes.get(bits, 0) + self.zero_points.get(bits, 0)
+        splats = self.zero_splats.get(bits, ())
+        return tuple(sorted({base + s for s in splats})) if splats else (base,)
+
+    def fits(self, found: dict[int, int], floats: int) -> bool:
+        return (all(found.get(b, 0) in self.allowed(b) for b in self.bits | {b for b, n in found.items() if n})
+                and floats >= self.scales + self.dense)
+
+    def describe(self, bits: int) -> str:
+        """e.g. `1,179,648 codes + 36,864 zero points = 1,216,512`."""
+        parts = [f"{_fmt(self.codes.get(bits, 0))} codes"]
+        if self.zero_points.get(bits):
+            parts.append(f"{_fmt(self.zero_points[bits])} zero points")
+        splats = sorted(set(self.zero_splats.get(bits, ())))
+        if splats:
+            size = _fmt(splats[0]) if len(splats) == 1 else f"{_fmt(splats[0])}..{_fmt(splats[-1])}"
+            parts.append(f"one all-zero zero-point constant of {size}")
+        allowed = self.allowed(bits)
+        total = _fmt(allowed[0]) if len(allowed) == 1 else " or ".join(_fmt(a) for a in allowed[:4]) + (
+            " or ..." if len(allowed) > 4 else "")
+        return " + ".join(parts) + f" = {total}"
+
+    def as_json(self) -> dict:
+        return {"integer": {f"int{b}": {"codes": self.codes.get(b, 0), "zero_points": self.zero_points.get(b, 0),
+                                        "zero_point_splat_sizes": sorted(set(self.zero_splats.get(b, ()))),
+                                        "allowed": list(self.allowed(b))} for b in sorted(self.bits)},
+                "fp16_scales": self.scales, "dense_linear_elements": self.dense}
+
 
 @dataclass(frozen=True)
 class VariantCheck:
@@ -341,8 +402,8 @@ class VariantCheck:
 
     variant: str
     ok: bool
-    expected: dict[int, int]       # integer bits -> elements the recipe quantizes (empty: not computed)
-    found: dict[int, int]          # integer bits -> elements the asset stores
+    expected: ExpectedStorage | None   # None: no oracle model, only the integer widths were compared
+    found: dict[int, int]              # integer bits -> elements the asset stores
     reason: str = ""
     note: str = ""
 
@@ -369,45 +430,58 @@ def meta_model(model_dir: str | os.PathLike):
         raise InputError(f"{model_dir}: cannot build the model from its config.json ({first})") from None
 
 
-def expected_elements(recipe, model) -> dict[int, int]:
-    """Elements the recipe quantizes per integer width on `model` (see meta_model)."""
+def expected_storage(recipe, model) -> ExpectedStorage:
+    """The exact storage `recipe` makes coreai-opt + coreai-torch write for `model` (see meta_model)."""
     modules = dict(model.named_modules())
-    counts: dict[int, int] = {}
+    codes: dict[int, int] = {}
+    zero_points: dict[int, int] = {}
+    splats: dict[int, list[int]] = {}
+    scales = dense = 0
     for name, spec in recipe.plan(model).items():
-        if spec is not None:
-            bits = _RECIPE_BITS[spec.dtype]
-            counts[bits] = counts.get(bits, 0) + modules[name].weight.numel()
-    return counts
+        out_f, in_f = modules[name].weight.shape
+        if spec is None:
+            dense += out_f * in_f
+            continue
+        bits = _RECIPE_BITS[spec.dtype]
+        blocks = out_f * (in_f // spec.block_size) if spec.granularity == "per_block" else out_f
+        codes[bits] = codes.get(bits, 0) + out_f * in_f
+        scales += blocks
+        if spec.qscheme == "asymmetric":
+            zero_points[bits] = zero_points.get(bits, 0) + blocks
+        else:
+            splats.setdefault(bits, []).append(blocks)
+    return ExpectedStorage(codes, zero_points, {b: tuple(v) for b, v in splats.items()}, scales, dense)
 
 
 def _fmt(n: int) -> str:
     return f"{n:,}"
 
 
-def check_variant(audit: AssetAudit, variant: str, recipe, *, expected: dict[int, int] | None = None,
-                  others: dict[str, dict[int, int]] | None = None) -> VariantCheck:
+def _float_elements(audit: AssetAudit) -> int:
+    return sum(n for k, n in audit.weight_storage.items() if k in _FLOAT_TYPES)
+
+
+def check_variant(audit: AssetAudit, variant: str, recipe, *, expected: ExpectedStorage | None = None,
+                  others: dict[str, ExpectedStorage] | None = None) -> VariantCheck:
     """Does the asset's storage contradict gating it as `variant` (whose recipe is `recipe`)?
 
     Contradictions: integer storage of a width the recipe never uses (an "fp16" bundle holding
     Int4); a width the recipe uses with no such storage (an "int8hu" bundle stored all Float16);
-    and, given the recipe's `expected` element counts on the oracle model, a count off by more than
-    COUNT_TOLERANCE (an int8lin bundle, fp16 head, gated as int8hu). `others` (variant -> expected
-    counts) lets the refusal name the variants the storage does fit.
+    and, given the recipe's `expected_storage` on the oracle model, an integer element count that
+    is not one the recipe produces (an int8lin bundle, fp16 head, gated as int8hu), or fewer
+    floating-point elements than the recipe's fp16 scales and fp16-kept Linear weights. `others`
+    (variant -> expected storage) lets the refusal name the variants the storage does fit.
     """
     want = recipe_bits(recipe)
     found = {b: audit.elements_of_bits(b) for b in sorted(audit.integer_bits | want)}
     have = {b for b, n in found.items() if n}
+    floats = _float_elements(audit)
     mix = audit.storage_mix()
 
-    def fits(counts: dict[int, int]) -> bool:
-        bits = set(counts) | have
-        return all(abs(found.get(b, 0) - counts.get(b, 0)) <= COUNT_TOLERANCE * max(counts.get(b, 0), 1)
-                   for b in bits)
-
     def refuse(reason: str) -> VariantCheck:
-        fitting = [v for v, c in (others or {}).items() if v != variant and fits(c)]
+        fitting = [v for v, e in (others or {}).items() if v != variant and e.fits(found, floats)]
         hint = f"; its storage fits {', '.join(fitting)}" if fitting else ""
-        return VariantCheck(variant, False, dict(expected or {}), found, reason + hint)
+        return VariantCheck(variant, False, expected, found, reason + hint)
 
     extra = sorted(have - want)
     if extra:
@@ -419,22 +493,75 @@ def check_variant(audit: AssetAudit, variant: str, recipe, *, expected: dict[int
         return refuse(f"gated as {variant!r}, whose recipe quantizes to "
                       f"{', '.join(f'int{b}' for b in missing)}, but the asset stores no {missing[0]}-bit "
                       f"integer weights ({mix}): metadata.json may say otherwise, the storage does not")
-    if expected:
-        for b in sorted(set(expected) | want):
-            exp, got = expected.get(b, 0), found.get(b, 0)
-            if abs(got - exp) > COUNT_TOLERANCE * max(exp, 1):
-                return refuse(f"gated as {variant!r}, whose recipe quantizes {_fmt(exp)} weights to int{b} on "
-                              f"the oracle model, but the asset stores {_fmt(got)} as {b}-bit integers ({mix})")
-    note = "" if expected else "element counts not compared (no oracle model)"
-    return VariantCheck(variant, True, dict(expected or {}), found, note=note)
+    if expected is None:
+        return VariantCheck(variant, True, None, found, note="element counts not compared (no oracle model)")
+    for b in sorted(expected.bits | have):
+        if found.get(b, 0) not in expected.allowed(b):
+            return refuse(f"gated as {variant!r}, whose recipe stores int{b} as {expected.describe(b)} elements "
+                          f"on the oracle model, but the asset stores {_fmt(found.get(b, 0))} {b}-bit integers ({mix})")
+    if floats < expected.scales + expected.dense:
+        return refuse(f"gated as {variant!r}, whose recipe keeps {_fmt(expected.dense)} Linear weights in fp16 and "
+                      f"stores {_fmt(expected.scales)} fp16 scales on the oracle model, but the asset holds only "
+                      f"{_fmt(floats)} floating-point elements ({mix})")
+    return VariantCheck(variant, True, expected, found)
 
 
-def variant_expectations(model, recipes: dict[str, Any]) -> dict[str, dict[int, int]]:
-    """expected_elements for every recipe that fits the model (recipes that do not fit are left out)."""
-    out: dict[str, dict[int, int]] = {}
+def variant_expectations(model, recipes: dict[str, Any]) -> dict[str, ExpectedStorage]:
+    """expected_storage for every recipe that fits the model (recipes that do not fit are left out)."""
+    out: dict[str, ExpectedStorage] = {}
     for name, recipe in recipes.items():
         try:
-            out[name] = expected_elements(recipe, model)
+            out[name] = expected_storage(recipe, model)
         except InputError:
             continue
     return out
+
+
+def fitting_variants(audit: AssetAudit, expectations: dict[str, ExpectedStorage]) -> list[str]:
+    """The variants whose exact storage the asset holds."""
+    found = {b: audit.elements_of_bits(b) for b in audit.integer_bits}
+    floats = _float_elements(audit)
+    return [v for v, e in expectations.items() if e.fits(found, floats)]
+
+
+@dataclass(frozen=True)
+class VariantClaim:
+    """The variant a trace of this bundle would claim, and where the claim comes from."""
+
+    variant: str | None    # None: nothing is claimed (metadata.json says compression: null)
+    source: str            # "?variant=" / "--variant" or "metadata.json 'compression'"
+
+
+def claimed_variant(bundle: LanguageBundle, variant: str | None, *, option: str = "?variant=") -> VariantClaim:
+    """The caller's variant if given, else metadata.json's `compression` (which may be null)."""
+    if variant:
+        return VariantClaim(variant, option)
+    return VariantClaim(bundle.metadata.compression or None, f"{bundle.metadata.path} 'compression'")
+
+
+def audit_claim(bundle: LanguageBundle, audit: AssetAudit, claim: VariantClaim, recipes: dict[str, Any],
+                model_dir: str | os.PathLike | None, *,
+                expectations: dict[str, ExpectedStorage] | None = None) -> VariantCheck | None:
+    """Check a claimed variant against the asset's storage; InputError (one line) when it cannot hold.
+
+    A claim that names no recipe is refused too: a label whose storage cannot be checked is not
+    written into a trace. Returns None when nothing is claimed.
+    """
+    if claim.variant is None:
+        return None
+    recipe = recipes.get(claim.variant)
+    if recipe is None:
+        raise InputError(f"{bundle.path}: {claim.source} names variant {claim.variant!r}, which no recipe defines "
+                         f"(recipes: {', '.join(recipes)}), so the asset's storage cannot be checked against it: "
+                         f"name the recipe the bundle was built with (?variant=NAME, --variant NAME)")
+    others = expectations
+    if others is None and model_dir is not None:
+        others = variant_expectations(meta_model(model_dir), recipes)
+    expected = None if others is None else others.get(claim.variant)
+    if others is not None and expected is None:  # the recipe does not fit the model: plan() raises why
+        expected = expected_storage(recipe, meta_model(model_dir))
+    check = check_variant(audit, claim.variant, recipe, expected=expected, others=others)
+    if not check:
+        said = "" if claim.source.startswith(("?", "--")) else f"{claim.source} says {claim.variant!r}: "
+        raise InputError(f"{bundle.path}: {said}{check.reason}")
+    return check

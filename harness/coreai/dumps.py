@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..fileio import atomic_path, sha256_file
-from .logits_file import LogitsDump, read_logits_file, scored_rows, write_raw_tokens
+from .logits_file import LogitsDump, case_file, read_logits_file, scored_rows, write_raw_tokens
 
 RUNNER = "import"
 SOURCE_RUNNER = "coreai-llm-runner"
@@ -201,12 +201,17 @@ def emit_raw_tokens(folder: str | os.PathLike, *, oracle: str | None = None, cas
     lines = ["#!/bin/sh", "# Run on a Mac: sh run-llm-runner.sh /path/to/Bundle [llm-runner]",
              "# then: flipgate import DIR/*.logits.json --oracle ORACLE.safetensors --variant NAME --out TRACE",
              "set -eu", 'BUNDLE="$1"', 'RUNNER="${2:-llm-runner}"', 'cd "$(dirname "$0")"']
+    # every case is checked before anything is written: a file per case id, each inside the folder
+    todo = []
     for cid in case_ids or src.case_ids:
+        target = case_file(out, cid, ".tokens.json")
         seq = src.get(cid)
         if seq.input_ids is None:
             raise InputError(f"case {cid!r} has no continuation in the case file: its continuation is the "
                              f"oracle's greedy output, so give --oracle TRACE")
-        written.append(write_raw_tokens(out / f"{cid}.tokens.json", seq.input_ids.tolist()))
+        todo.append((cid, target, seq))
+    for cid, target, seq in todo:
+        written.append(write_raw_tokens(target, seq.input_ids.tolist()))
         q = shlex.quote
         lines.append(f'"$RUNNER" --model "$BUNDLE" --raw-tokens {q(cid + ".tokens.json")} '
                      f'--save-logits {q(cid + ".logits.json")} --save-logits-length full '

@@ -38,6 +38,7 @@ from ..errors import InputError
 from ..fileio import atomic_path
 
 ROW_KEYS = ("token_id", "incremental_text", "logits_base64")
+MAX_TOKEN_ID = 2**63 - 1  # token ids are int64 everywhere (traces, numpy); JSON integers are unbounded
 _B64_CHAR = re.compile(rb"[A-Za-z0-9+/]")
 _DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 
@@ -107,7 +108,10 @@ def read_logits_file(path: str | os.PathLike, *, dtype: str = "auto", vocab_size
         raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, auto")
     if not p.is_file():
         raise LogitsFileError(p, "no such logits file" if not p.exists() else "not a regular file")
-    data = p.read_bytes()
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise LogitsFileError(p, f"cannot read ({e.strerror or e})") from None
     try:
         doc = json.loads(data)
     except UnicodeDecodeError as e:
@@ -116,6 +120,10 @@ def read_logits_file(path: str | os.PathLike, *, dtype: str = "auto", vocab_size
         # A file cut short (the runner killed mid-write, a partial copy) no longer ends its object.
         what = "truncated" if data.strip()[-1:] not in (b"}", b"]") else "malformed"
         raise LogitsFileError(p, f"{what} JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except RecursionError:
+        raise LogitsFileError(p, "JSON nested too deeply (an llm-runner file is two levels deep)") from None
+    except ValueError as e:  # e.g. an integer literal of more digits than Python converts
+        raise LogitsFileError(p, f"malformed JSON ({str(e).splitlines()[0][:120]})") from None
     del data  # a 27B dump is tens of MB: do not hold the text and the parsed document at once
     if isinstance(doc, dict) and "positions" in doc:
         layout, key, id_key, text_key = "positions", "positions", "target_token", "target_text"
@@ -128,6 +136,10 @@ def read_logits_file(path: str | os.PathLike, *, dtype: str = "auto", vocab_size
         raise LogitsFileError(p, f"{key!r} is not a list")
     if not rows:
         raise LogitsFileError(p, f"{key!r} is empty: the runner recorded no logits")
+    # Rows are decoded into one array sized from row 0; it holds only the rows that can be as wide as
+    # row 0 (the loop below stops at the first that is not), so its size is bounded by the file's bytes.
+    width0 = _b64_length(rows[0])
+    storable = next((j for j, row in enumerate(rows) if _b64_length(row) != width0), len(rows))
     ids: list[int] = []
     texts: list[str] = []
     logits = None  # allocated from row 0's width; each row is decoded straight into it
@@ -139,11 +151,12 @@ def read_logits_file(path: str | os.PathLike, *, dtype: str = "auto", vocab_size
             hint = (" (a top-K file: rerun with --save-logits-length full)"
                     if {"top_logits", "top_k"} & set(row) else "")
             raise LogitsFileError(p, f"entry has no 'logits_base64'{hint}", j)
-        if layout == "positions" and row.get("index", j) != j:
-            raise LogitsFileError(p, f"position 'index' {row.get('index')!r} out of order (expected {j})", j)
+        index = row.get("index", j)
+        if layout == "positions" and (not _is_int(index) or index != j):
+            raise LogitsFileError(p, f"position 'index' {_show(index)} out of order (expected {j})", j)
         tid = row.get(id_key)
-        if not isinstance(tid, int) or isinstance(tid, bool) or tid < 0:
-            raise LogitsFileError(p, f"{id_key!r} must be a non-negative integer, found {tid!r}", j)
+        if not _is_int(tid) or not 0 <= tid <= MAX_TOKEN_ID:
+            raise LogitsFileError(p, f"{id_key!r} must be a non-negative 64-bit integer, found {_show(tid)}", j)
         text = row.get(text_key, "")
         if not isinstance(text, str):
             raise LogitsFileError(p, f"{text_key!r} is not a string", j)
@@ -158,7 +171,7 @@ def read_logits_file(path: str | os.PathLike, *, dtype: str = "auto", vocab_size
             if nbytes % dt.itemsize:
                 raise LogitsFileError(p, f"row holds {nbytes} bytes, not a whole number of {dt.name} values "
                                          f"(truncated?)", 0)
-            logits = np.empty((len(rows), nbytes // dt.itemsize), dtype=dt.newbyteorder("="))
+            logits = np.empty((storable, nbytes // dt.itemsize), dtype=dt.newbyteorder("="))
         if len(raw) != nbytes:
             short = "shorter" if len(raw) < nbytes else "longer"
             raise LogitsFileError(p, f"row holds {len(raw) // dt.itemsize} {dt.name} values "
@@ -180,11 +193,34 @@ def read_logits_file(path: str | os.PathLike, *, dtype: str = "auto", vocab_size
     return LogitsDump(p, np.asarray(ids, dtype=np.int64), tuple(texts), logits, first, context, layout)
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _show(v) -> str:
+    """A value as the message quotes it: short, whatever it is (an int of 10,000 digits, a deep list)."""
+    if _is_int(v):
+        return str(v) if v.bit_length() <= 64 else f"an integer of {v.bit_length()} bits"
+    if isinstance(v, (list, dict)):
+        return f"a JSON {'array' if isinstance(v, list) else 'object'}"
+    return repr(v)[:60]
+
+
+def _b64_length(row) -> int | None:
+    """The base64 body length of a row's logits (what decides its byte count), None if it has none."""
+    b64 = row.get("logits_base64") if isinstance(row, dict) else None
+    return len(b64.strip().rstrip("=")) if isinstance(b64, str) else None
+
+
+def _token_ids(value) -> bool:
+    return isinstance(value, list) and all(_is_int(t) and 0 <= t <= MAX_TOKEN_ID for t in value)
+
+
 def _id_list(value, path, key: str) -> np.ndarray | None:
     if value is None:
         return None
-    if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value):
-        raise LogitsFileError(path, f"{key!r} must be a list of non-negative token ids")
+    if not _token_ids(value):
+        raise LogitsFileError(path, f"{key!r} must be a list of non-negative 64-bit token ids")
     return np.asarray(value, dtype=np.int64)
 
 
@@ -231,6 +267,21 @@ def write_logits_file(path: str | os.PathLike, token_ids: Sequence[int], logits:
     return dest
 
 
+def case_file(folder: str | os.PathLike, case_id: str, suffix: str) -> Path:
+    """FOLDER/CASE<suffix>, refusing a case id that would name a file anywhere else (`../x`, `a/b`, NUL):
+    the project's case-id rule (harness/cases.py), then a check that the path stays in its folder."""
+    from ..cases import case_id_problem
+
+    problem = case_id_problem(case_id)
+    if problem:
+        raise InputError(f"case {case_id!r}: {problem}; refusing to name a file after it in {folder}")
+    base = Path(os.path.abspath(folder))
+    path = base / f"{case_id}{suffix}"
+    if Path(os.path.abspath(path)).parent != base:  # never a path from data that leaves its folder
+        raise InputError(f"case {case_id!r}: {path} would not be a file of {base}")
+    return path
+
+
 def write_raw_tokens(path: str | os.PathLike, token_ids: Sequence[int]) -> Path:
     """The `--raw-tokens` input: {"tokens": [x0, x1, ...]}."""
     dest = Path(path)
@@ -243,11 +294,11 @@ def read_raw_tokens(path: str | os.PathLike) -> list[int]:
     p = Path(path)
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{p}: cannot read raw tokens ({e.__class__.__name__}: {e})") from None
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: UnicodeDecodeError, JSONDecodeError, ...
+        raise InputError(f"{p}: cannot read raw tokens ({e.__class__.__name__}: {str(e)[:120]})") from None
     toks = doc.get("tokens") if isinstance(doc, dict) else None
-    if not isinstance(toks, list) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in toks):
-        raise InputError(f'{p}: raw tokens must be {{"tokens": [non-negative integers]}}')
+    if not _token_ids(toks):
+        raise InputError(f'{p}: raw tokens must be {{"tokens": [non-negative 64-bit integers]}}')
     return toks
 
 

@@ -228,18 +228,47 @@ def light_bundle(fixture_dir, emulated_all_rows, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def real_bundle(fixture_dir, tmp_path_factory) -> Path:
-    """The fixture's int8hu variant as a real Core AI LanguageBundle (test artifact; about 90 s)."""
+def build_variant_bundle(fixture_dir: Path, variant: str, out: Path, *, compression: str | None = None,
+                         recipes: Path | None = None) -> Path:
+    """The fixture quantized by coreai-opt with `variant`'s recipe (`prepare_coreai_opt` + `finalize`: Core AI
+    custom ops holding integer codes, fp16 block scales and zero points) and converted by coreai-torch."""
     from harness.candidates.emulated import load_fp16, prepare_coreai_opt
     from harness.recipe import get_recipe
 
     model = load_fp16(fixture_dir)
-    quantizer, prepared = prepare_coreai_opt(model, get_recipe("int8hu").plan(model))
-    finalized = quantizer.finalize(prepared)  # Core AI custom ops: int8 codes + fp16 block scales
-    # metadata.json says compression: null on purpose: the audit must find int8 from the storage alone
-    return build_bundle(finalized, fixture_dir, tmp_path_factory.mktemp("real-bundle") / "Fixture-int8hu",
-                        name="fixture-int8hu-test-artifact", compression=None)
+    plan = get_recipe(variant, recipes).plan(model)
+    if any(spec is not None for spec in plan.values()):
+        quantizer, prepared = prepare_coreai_opt(model, plan)
+        model = quantizer.finalize(prepared)
+    return build_bundle(model, fixture_dir, out, name=f"fixture-{variant}-test-artifact", compression=compression)
+
+
+@pytest.fixture(scope="session")
+def bundle_builder():
+    """build_variant_bundle, for tests that build bundles of their own recipes."""
+    return build_variant_bundle
+
+
+@pytest.fixture(scope="session")
+def variant_bundle(fixture_dir, tmp_path_factory):
+    """variant -> a real LanguageBundle of the fixture quantized with that recipe, built on first use and
+    kept for the session (about 6-10 s each on one core; metadata.json says compression: null)."""
+    built: dict[str, Path] = {}
+
+    def get(variant: str) -> Path:
+        if variant not in built:
+            out = tmp_path_factory.mktemp(f"bundle-{variant}") / f"Fixture-{variant}"
+            built[variant] = build_variant_bundle(fixture_dir, variant, out)
+        return built[variant]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def real_bundle(variant_bundle) -> Path:
+    """The fixture's int8hu variant as a real Core AI LanguageBundle (test artifact). metadata.json says
+    compression: null on purpose: the audit must find int8 from the storage alone."""
+    return variant_bundle("int8hu")
 
 
 @pytest.fixture(scope="session")

@@ -88,8 +88,8 @@ def test_odd_byte_count_cannot_be_float16(tmp_path):
 @pytest.mark.parametrize("rows, message", [
     ([{"token_id": 1}], "token index 0: entry has no 'logits_base64'"),
     ([{"token_id": 1, "top_logits": []}], "a top-K file: rerun with --save-logits-length full"),
-    ([{"token_id": -1, "logits_base64": "AAA="}], "'token_id' must be a non-negative integer"),
-    ([{"token_id": True, "logits_base64": "AAA="}], "'token_id' must be a non-negative integer"),
+    ([{"token_id": -1, "logits_base64": "AAA="}], "'token_id' must be a non-negative 64-bit integer"),
+    ([{"token_id": True, "logits_base64": "AAA="}], "'token_id' must be a non-negative 64-bit integer"),
     ([{"token_id": 1, "logits_base64": ""}], "token index 0: logits_base64 is empty"),
     ([7], "token index 0: entry is not a JSON object"),
     ([], "'tokens' is empty"),

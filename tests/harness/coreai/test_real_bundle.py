@@ -31,16 +31,17 @@ def test_the_asset_is_the_s1_decode_step_with_its_states(audit):
 
 
 def test_storage_is_int8_though_metadata_says_compression_null(audit, real_bundle, fixture_dir):
-    from harness.coreai.bundle import COUNT_TOLERANCE, expected_elements, meta_model
+    from harness.coreai.bundle import expected_storage, meta_model
     from harness.recipe import load_recipes
 
     assert json.loads((real_bundle / "metadata.json").read_text())["compression"] is None
     fractions = audit.storage_fractions()
     assert list(fractions)[0] == "Int8" and fractions["Int8"] > 0.8
-    # the recipe's int8 weights: every body Linear and the lm_head of the fixture (coreai-torch adds a
-    # few thousand Int8 elements of its own, far inside the tolerance; an fp16 head would be 262,144)
-    want = expected_elements(load_recipes()["int8hu"], meta_model(fixture_dir))[8]
-    assert abs(audit.storage["Int8"] - want) <= COUNT_TOLERANCE * want
+    # the recipe's int8 weights: every body Linear and the lm_head of the fixture, plus the symmetric
+    # weights' all-zero zero points counted once (the lm_head's 8,192 blocks), exactly
+    want = expected_storage(load_recipes()["int8hu"], meta_model(fixture_dir))
+    assert audit.storage["Int8"] == 1_893_376 + 262_144 + 8_192
+    assert audit.storage["Int8"] in want.allowed(8)
 
 
 def test_inspect_prints_what_the_bundle_holds(real_bundle, fixture_dir, capsys):
@@ -57,8 +58,9 @@ def test_inspect_prints_what_the_bundle_holds(real_bundle, fixture_dir, capsys):
 @pytest.mark.parametrize("variant, message", [
     ("fp16", r"gated as 'fp16', whose recipe keeps every weight fp16, but the asset stores 2,1\d\d,\d{3} elements of "
              r"8-bit integers \(Int8 .*\); its storage fits int8hu"),
-    ("int8lin", r"gated as 'int8lin', whose recipe quantizes 1,8\d\d,\d{3} weights to int8 on the oracle model, but the "
-                r"asset stores 2,1\d\d,\d{3} as 8-bit integers .*; its storage fits int8hu"),
+    ("int8lin", r"gated as 'int8lin', whose recipe stores int8 as 1,893,376 codes \+ one all-zero zero-point constant "
+                r"of 24..1,536 = .* elements on the oracle model, but the asset stores 2,163,712 8-bit integers .*; "
+                r"its storage fits int8hu"),
     ("int4lin", r"gated as 'int4lin', whose recipe quantizes to int4 only, but the asset stores 2,1\d\d,\d{3} elements"),
 ])
 def test_inspect_refuses_a_variant_the_storage_contradicts(real_bundle, fixture_dir, capsys, variant, message):
