@@ -100,8 +100,12 @@ def join_cases(out: str | os.PathLike, metadata: dict[str, str],
     return dest
 
 
-def merge_traces(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
-    """Join shard traces into one trace (see module doc). Raises InputError naming the file at fault."""
+def merge_traces(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
+                 order: Sequence[str] | None = None) -> Path:
+    """Join shard traces into one trace (see module doc). Raises InputError naming the file at fault.
+
+    The cases go in the order of the traces' `case_set` metadata, else `order` (every case id, e.g.
+    the oracle's order for a candidate's shares), else the order the traces give them."""
     if not paths:
         raise InputError("merge: no traces given")
     out = Path(out)
@@ -133,7 +137,12 @@ def merge_traces(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
             if cid in owner:
                 raise InputError(f"{t.path}: case {cid!r} is also in {owner[cid]} (the same shard twice?)")
             owner[cid] = t.path
-    order = list(owner)
+    given, order = order, list(order) if order is not None else list(owner)
+    if given is not None and not first.metadata.get("case_set"):
+        if sorted(order) != sorted(owner):
+            missing = sorted(set(order) ^ set(owner))
+            raise InputError(f"merge: the traces' cases differ from the {len(order)} expected "
+                             f"(first: {missing[0]!r}); give every shard")
     if first.metadata.get("case_set"):
         try:
             order = safejson.loads(first.metadata["case_set"], max_depth=1)
@@ -158,7 +167,10 @@ def merge_traces(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
     for key in sorted({k for t in traces for k in t.metadata} - set(MUST_AGREE) - set(_RECOMPUTED)):
         values = list(dict.fromkeys(t.metadata[key] for t in traces if key in t.metadata))
         if len(values) > 1:
-            meta[key] = " | ".join(values)  # e.g. shards run on different devices: say so
+            per_case = _per_case(values, set(owner))
+            # a per-case table (e.g. each case's continuation) is joined; else say the shards differ
+            meta[key] = (json.dumps({c: per_case[c] for c in order if c in per_case}) if per_case is not None
+                         else " | ".join(values))  # e.g. shards run on different devices
     meta["shard"] = ""  # the whole case set again
     meta["created_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     meta["merged_from"] = json.dumps([{"file": str(t.path), "shard": t.metadata.get("shard", ""),
@@ -175,6 +187,20 @@ def merge_traces(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
         meta["low_margin"] = json.dumps(low)
         meta["confident_fraction"] = f"{(rows - sum(low.values())) / rows:.6f}"
     return join_cases(out, meta, [(owner[c], c) for c in order])
+
+
+def _per_case(values: list[str], case_ids: set[str]) -> dict | None:
+    """The union of JSON objects keyed by case id, or None if the values are not such objects."""
+    joined: dict = {}
+    for v in values:
+        try:
+            d = json.loads(v)
+        except ValueError:
+            return None
+        if not isinstance(d, dict) or not d or not set(d) <= case_ids or set(d) & set(joined):
+            return None
+        joined.update(d)
+    return joined
 
 
 def _short(v: str | None) -> str:

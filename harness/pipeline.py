@@ -170,8 +170,11 @@ class Workspace:
         return _key("oracle", weights_sha256(self.model_dir), self.tokenizer_sha256(),
                     cases.sha256, self.dtype, __version__, "case_set/1", _versions())
 
+    def oracle_path(self) -> Path:
+        return self.traces_dir / f"oracle-{self.dtype}-{self.oracle_key()}.safetensors"
+
     def oracle_trace(self) -> Path:
-        path = self.traces_dir / f"oracle-{self.dtype}-{self.oracle_key()}.safetensors"
+        path = self.oracle_path()
         with _entry_lock(path):
             return self._oracle_entry(path)
 
@@ -317,6 +320,55 @@ def run_gates(gate_names: Iterable[str] | None = None, *, config: str | None = N
     for v in run.verdicts.values():
         v.provenance.update(run.provenance)
     return run
+
+
+def fill_cache(launch, gate_names: Iterable[str] | None = None, *, config: str | None = None,
+               model: str | None = None, cases: str | None = None, cache_dir: str | None = None,
+               refresh: bool = False, quiet: bool = False, dtype: str = "bfloat16",
+               log: Callable[[str], None] | None = None) -> None:
+    """Under a launcher: the ranks fill the trace cache that `run_gates` then reads on rank 0.
+
+    First the oracle, its cases split over the ranks (rank 0 joins the shares into the cache), then
+    the gates' candidates and controls, whole variants dealt round-robin to the ranks: each variant
+    loads its model once, and a variant's trace is the same whichever rank made it. The cache
+    folder must be one that every rank sees (a shared filesystem across nodes).
+    """
+    from gates.policy import load_gates
+
+    from .distributed import Meeting, remove_shares
+    from .merge import merge_traces
+
+    policies = load_gates(str(config) if config else None)
+    names = select_gates(gate_names, policies)
+    ws = workspace(model=model, cases=cases, cache_dir=cache_dir, dtype=dtype, refresh=refresh, quiet=quiet,
+                   log=log)
+    recipes = str(config) if config and _has_recipes(config) else None
+    specs = list(dict.fromkeys(s for n in names for s in (policies[n].candidate, policies[n].control) if s))
+    oracle_path = ws.oracle_path()
+    shares = launch.share_paths(oracle_path)
+    need_oracle = refresh or not oracle_path.exists()
+
+    def oracle_share() -> None:
+        from oracles.hf import run_oracle
+
+        if need_oracle:
+            ws.say(f"oracle: rank {launch.shard} of the cases -> {shares[launch.rank]}")
+            run_oracle(model=str(ws.model_dir), cases=str(ws.cases_path), dtype=ws.dtype,
+                       out=str(shares[launch.rank]), shard=launch.shard, quiet=quiet, log=ws.log)
+
+    def oracle_join() -> None:
+        if need_oracle:
+            with _entry_lock(oracle_path):
+                merge_traces(shares, oracle_path)
+            remove_shares(shares)
+
+    def my_variants() -> None:
+        for spec in launch.select(specs):
+            ws.candidate_trace(spec, oracle_path, recipes)
+
+    with Meeting(launch) as meeting:
+        meeting.round("oracle", oracle_share, oracle_join)
+        meeting.round("candidates", my_variants)
 
 
 def _has_recipes(config: str | os.PathLike) -> bool:

@@ -491,8 +491,12 @@ def run_oracle(*, model: str | os.PathLike | None = None, cases: str | os.PathLi
                stepwise: bool = False, shard: str | None = None, resume: bool = False,
                min_confident_fraction: float | None = None, min_margin: float = DEFAULT_MIN_MARGIN,
                quiet: bool = False, max_memory=None, trust_remote_code: bool = False,
-               batch_size: int = DEFAULT_BATCH_SIZE, log: Callable[[str], None] | None = None) -> Path:
+               batch_size: int = DEFAULT_BATCH_SIZE, log: Callable[[str], None] | None = None,
+               keep_parts: bool = False) -> Path:
     """Compute an oracle trace for a case set and write it atomically to `out`.
+
+    `keep_parts` keeps `OUT.parts/` after the trace is written (a launched rank's share: until rank 0
+    has joined every share, --resume must still find this one's rows).
 
     Raises InputError (nothing written under `out`) for bad input, and when the share of
     confident positions is below `min_confident_fraction` (the computed parts are kept for --resume).
@@ -609,6 +613,7 @@ def run_oracle(*, model: str | os.PathLike | None = None, cases: str | os.PathLi
         shard=shard or "", batch_size=str(batch_size),
     )
     join_cases(out, metadata, sources)
-    parts.remove()
+    if not keep_parts:
+        parts.remove()
     say(f"wrote {out} ({len(tokenized)} cases, {total} rows, {mode}, {dtype} on {device})")
     return out

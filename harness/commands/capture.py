@@ -192,12 +192,38 @@ def run(args) -> int:
     say(f"{args.spec}: {candidate.runner} {candidate.variant} ({decode}"
         + (f", {args.mode}" + (f", {candidate.device}" if candidate.device != "cpu" else "")
            if candidate.runner == "emulated" else "") + f") -> {out}")
-    watched = _Watched(candidate, len(sequences), say)
+    from ..distributed import from_env
+
+    launch = from_env()
+    mine = launch.select(sequences) if launch is not None else sequences
+    watched = _Watched(candidate, len(mine), say)
     t0 = time.perf_counter()
-    capture_to_trace(watched, sequences, out, vocab_size=int(vocab), model=model_provenance(model_dir),
-                     tokenizer_sha256=model_tok)
+
+    def work(dest) -> None:
+        capture_to_trace(watched, mine, dest, vocab_size=int(vocab), model=model_provenance(model_dir),
+                         tokenizer_sha256=model_tok)
+
+    if launch is None:
+        work(out)
+    else:
+        from ..distributed import pin_device, remove_shares, run_shares
+        from ..merge import merge_traces
+
+        shares = launch.share_paths(out)
+        pin_device(launch, getattr(args, "device", None) or "cpu")
+
+        def finish() -> None:
+            merge_traces(shares, out, order=[s.case_id for s in sequences])
+            remove_shares(shares)
+
+        say(f"rank {launch.rank}/{launch.world_size}: {len(mine)} of {len(sequences)} cases -> {shares[launch.rank]}")
+        run_shares(launch, lambda: work(shares[launch.rank]), finish)
+        if not launch.is_main:
+            return 0
     took = time.perf_counter() - t0
-    say(f"wrote {out}: {len(sequences)} cases, {watched.rows} rows in {took:.1f} s")
+    rows = (f"{watched.rows} rows" if launch is None
+            else f"joined from {launch.world_size} ranks (this one: {watched.rows} rows)")
+    say(f"wrote {out}: {len(sequences)} cases, {rows} in {took:.1f} s")
     if watched.nonfinite:
         bad = sum(watched.nonfinite.values())
         from reports.escape import visible

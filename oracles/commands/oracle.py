@@ -146,6 +146,11 @@ def run(args) -> int:
     _check_resolved_paths(opts, args)
     _quiet_libraries(opts["quiet"] or not sys.stderr.isatty())
     stream, sequences = opts.pop("stream"), opts.pop("sequences")
+    from harness.distributed import from_env
+
+    launch = from_env()
+    if launch is not None:
+        return run_launched(launch, opts, stream=stream, sequences=sequences)
     if stream:
         from oracles.stream import run_streamed_oracle
 
@@ -167,6 +172,61 @@ def _check_resolved_paths(opts: dict, args) -> None:
     check_output_path(opts["out"])
     check_outputs({"--out": opts["out"]}, {"--cases": opts["cases"], "--sequences": opts["sequences"],
                                            "--config": args.config, "--model": opts["model"]})
+
+
+def run_launched(launch, opts: dict, *, stream: bool, sequences: str | None) -> int:
+    """Under torchrun / accelerate launch / srun: this rank's share of the cases (the --shard RANK/WORLD
+    split) beside --out, then rank 0 joins the shares into --out and removes them."""
+    from harness.distributed import pin_device, remove_shares, run_shares
+    from harness.errors import InputError
+    from harness.merge import merge_traces
+    from harness.trace import open_trace
+
+    if opts["shard"]:
+        raise InputError(f"--shard {opts['shard']}: under a launcher (WORLD_SIZE={launch.world_size}) each rank "
+                         "takes its share from RANK and WORLD_SIZE; drop --shard")
+    out = Path(opts["out"])
+    if out.is_dir():
+        raise InputError(f"{out}: is a folder; --out names the trace file to write")
+    shares = launch.share_paths(out)
+    pin_device(launch, opts["device"])
+    min_fraction = opts.pop("min_confident_fraction")  # judged on the whole case set, after the join
+    mine = dict(opts, out=str(shares[launch.rank]), shard=launch.shard)
+
+    def work() -> None:
+        if stream:
+            from oracles.stream import run_streamed_oracle
+
+            run_streamed_oracle(**mine, sequences=sequences)
+        else:
+            from oracles.hf import run_oracle
+
+            run_oracle(**mine, keep_parts=True)
+
+    def finish() -> None:
+        import json
+        import shutil
+
+        if min_fraction is not None:
+            rows = low = 0
+            for share in shares:
+                t = open_trace(share)
+                rows += sum(t.rows(c) for c in t.case_ids)
+                low += sum(int(v) for v in json.loads(t.metadata.get("low_margin", "{}")).values())
+            frac = (rows - low) / rows if rows else 0.0
+            if not frac >= min_fraction:
+                raise InputError(f"{out}: only {frac:.1%} of {rows} scored positions are confident, below "
+                                 f"--min-confident-fraction {min_fraction:g}: a gate on near-ties proves nothing "
+                                 f"(the ranks' shares are kept beside it for --resume)")
+        merge_traces(shares, out)
+        remove_shares(shares)
+        for share in shares:  # kept for --resume until the join succeeded
+            shutil.rmtree(share.with_name(share.name + ".parts"), ignore_errors=True)
+        if not opts["quiet"]:
+            print(f"wrote {out}: {len(open_trace(out))} cases joined from {launch.world_size} ranks", flush=True)
+
+    run_shares(launch, work, finish)
+    return 0
 
 
 def _quiet_libraries(no_bars: bool) -> None:

@@ -36,8 +36,9 @@ def gate_list(spec: str | None) -> list[str] | None:
     return names
 
 
-def collect_verdicts(args, names: list[str] | None) -> list:
-    """Verdicts from --verdicts files (filtered by --gates), or from running the gates."""
+def collect_verdicts(args, names: list[str] | None) -> list | None:
+    """Verdicts from --verdicts files (filtered by --gates), or from running the gates. Under a launcher
+    every rank helps to run them and only rank 0 gets the verdicts: the others get None."""
     if args.verdicts:
         given = [f"--{o}" for o in _RUN_OPTIONS if getattr(args, o)]
         if given:
@@ -54,8 +55,16 @@ def collect_verdicts(args, names: list[str] | None) -> list:
             raise InputError(f"gate {missing[0]!r} is not in the verdict files given (they hold: {', '.join(have)})")
         return [have[n] for n in names]
 
-    from harness.pipeline import run_gates
+    from harness.distributed import from_env
+    from harness.pipeline import fill_cache, run_gates
 
+    launch = from_env()
+    if launch is not None:  # the ranks fill the trace cache; rank 0 judges and renders
+        fill_cache(launch, names, config=args.config, model=args.model, cases=args.cases, cache_dir=args.cache,
+                   refresh=args.refresh, quiet=args.quiet)
+        if not launch.is_main:
+            return None
+        args.refresh = False  # rank 0 reads what the ranks just made
     run = run_gates(names, config=args.config, model=args.model, cases=args.cases, cache_dir=args.cache,
                     refresh=args.refresh, quiet=args.quiet)
     check_verdicts_one_case_set(list(run.verdicts.values()))

@@ -33,7 +33,10 @@ def run(args) -> int:
     from reports import build_report, render, write_comparison
     from reports.terminal import print_report
 
-    report = build_report(collect_verdicts(args, gate_list(args.gates)), title=args.title,
+    verdicts = collect_verdicts(args, gate_list(args.gates))
+    if verdicts is None:  # a launched rank other than 0: its share of the traces is in the cache
+        return 0
+    report = build_report(verdicts, title=args.title,
                           all_positions=args.all_positions)
     folder, files = write_comparison(args.report_dir, report)
     if args.format == "terminal":

@@ -31,7 +31,10 @@ def run(args) -> int:
     names = gate_list(args.gates)
     if names is not None and args.gate not in names:
         names = [args.gate] + names
-    report = build_report(collect_verdicts(args, names), subject=args.gate, made=made_info(),
+    verdicts = collect_verdicts(args, names)
+    if verdicts is None:  # a launched rank other than 0: its share of the traces is in the cache
+        return 0
+    report = build_report(verdicts, subject=args.gate, made=made_info(),
                           title=args.title or f"flipgate sign-off: {args.gate}", all_positions=args.all_positions)
     folder, files = write_signoff(args.report_dir, report)
     if not args.quiet:
