@@ -35,7 +35,7 @@ import numpy as np
 from harness.cases import Case, load_cases, select_shard, tokenize_case
 from harness.errors import InputError, TraceError
 from harness.models import (DTYPES, load_causal_lm, load_tokenizer, model_provenance, read_config,
-                            resolve_model_dir, tokenizer_sha256, weight_files)
+                            resolve_model_dir, tokenizer_sha256, torch_threads, weight_files)
 from harness.trace import CaseTrace, base_metadata, open_trace, write_trace
 
 RUNNER = "hf"
@@ -117,8 +117,14 @@ class HFOracle:
     runner = RUNNER
 
     def __init__(self, model_dir: str | os.PathLike | None = None, dtype: str = "bfloat16",
-                 device: str = "cpu", trust_remote_code: bool = False, max_memory=None):
+                 device: str = "cpu", trust_remote_code: bool = False, max_memory=None,
+                 threads: int | None = None):
         _check_choice("--dtype", dtype, DTYPES)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise InputError(f"--threads {threads!r}: expected a positive number of threads")
+        # torch CPU threads while computing: None picks one for a small model (harness.models.torch_threads:
+        # on a busy machine every parallel kernel of a small model waits for a descheduled thread)
+        self.threads = threads
         _check_choice("--device", device, DEVICES)
         self.max_memory = parse_max_memory(max_memory)
         if self.max_memory is not None and device != "auto":
@@ -138,6 +144,8 @@ class HFOracle:
         if not isinstance(vocab, int) or vocab <= 0:
             raise InputError(f"{self.model_dir}/config.json: no positive 'vocab_size' (not a causal language model?)")
         self.vocab_size = vocab
+        hidden = tcfg.get("hidden_size")
+        self.hidden_size: int | None = hidden if isinstance(hidden, int) and hidden > 0 else None
         ctx = tcfg.get("max_position_embeddings")
         self.max_positions: int | None = ctx if isinstance(ctx, int) and ctx > 0 else None
         self.tokenizer = load_tokenizer(self.model_dir)
@@ -223,17 +231,18 @@ class HFOracle:
 
         prompts = np.asarray(prompts, dtype=np.int64)
         self._check_fits(prompts.shape[1] + new_tokens, "prompt + continuation")
-        logits, cache = self._forward(prompts, use_cache=True, keep=1)
-        if on_tokens:
-            on_tokens(prompts.size)
-        out = []
-        for i in range(new_tokens):
-            nxt = torch.argmax(logits[:, -1].float(), dim=-1)
-            out.append(nxt.cpu())
-            if i + 1 < new_tokens:
-                logits, cache = self._forward(nxt[:, None], cache=cache, use_cache=True)
+        with self._threads():
+            logits, cache = self._forward(prompts, use_cache=True, keep=1)
             if on_tokens:
-                on_tokens(len(prompts))
+                on_tokens(prompts.size)
+            out = []
+            for i in range(new_tokens):
+                nxt = torch.argmax(logits[:, -1].float(), dim=-1)
+                out.append(nxt.cpu())
+                if i + 1 < new_tokens:
+                    logits, cache = self._forward(nxt[:, None], cache=cache, use_cache=True)
+                if on_tokens:
+                    on_tokens(len(prompts))
         return torch.stack(out, dim=1).numpy().astype(np.int64)
 
     def complete(self, cases: Sequence[Case], batch_size: int = DEFAULT_BATCH_SIZE,
@@ -266,21 +275,33 @@ class HFOracle:
         if not 1 <= n_rows <= n - 1:
             raise ValueError(f"rows(): {n_rows} rows need 1..{n - 1} (a sequence of {n} tokens)")
         self._check_fits(n, "sequence")
-        if stepwise:
-            cache, rows = None, []
-            for t in range(n - 1):  # the last token predicts nothing that is scored
-                logits, cache = self._forward(ids[:, t:t + 1], cache=cache, use_cache=True)
-                if t >= n - 1 - n_rows:
-                    rows.append(logits[:, -1])
+        with self._threads():
+            if stepwise:
+                cache, rows = None, []
+                for t in range(n - 1):  # the last token predicts nothing that is scored
+                    logits, cache = self._forward(ids[:, t:t + 1], cache=cache, use_cache=True)
+                    if t >= n - 1 - n_rows:
+                        rows.append(logits[:, -1])
+                    if on_tokens:
+                        on_tokens(b)
+                out = torch.stack(rows, dim=1)
+            else:
+                logits, _ = self._forward(ids, keep=n_rows + 1)
+                out = logits[:, -(n_rows + 1):-1]
                 if on_tokens:
-                    on_tokens(b)
-            out = torch.stack(rows, dim=1)
-        else:
-            logits, _ = self._forward(ids, keep=n_rows + 1)
-            out = logits[:, -(n_rows + 1):-1]
-            if on_tokens:
-                on_tokens(ids.size)
+                    on_tokens(ids.size)
         return _to_numpy(out)
+
+    def _threads(self):
+        """The torch thread count the rows are computed with (see `threads`; recorded as `torch_threads`)."""
+        return torch_threads(self.threads, self.hidden_size)
+
+    def torch_threads(self) -> int:
+        """The number of torch threads the rows are (or will be) computed with."""
+        import torch
+
+        with self._threads():
+            return torch.get_num_threads()
 
     def _check_fits(self, n: int, what: str) -> None:
         if self.max_positions is not None and n > self.max_positions:
@@ -317,7 +338,7 @@ class HFOracle:
             "dtype": self.dtype,
             "device": self.device,
             "torch_version": torch.__version__,
-            "torch_threads": str(torch.get_num_threads()),  # CPU bf16 kernels round differently per thread count
+            "torch_threads": str(self.torch_threads()),  # CPU bf16 kernels may round differently per thread count
             "transformers_version": transformers.__version__,
             "harness_version": __version__,
             "trust_remote_code": str(bool(self.trust_remote_code)).lower(),
@@ -459,7 +480,8 @@ def run_oracle(*, model: str | os.PathLike | None = None, cases: str | os.PathLi
                stepwise: bool = False, shard: str | None = None, resume: bool = False,
                min_confident_fraction: float | None = None, min_margin: float = DEFAULT_MIN_MARGIN,
                quiet: bool = False, max_memory=None, trust_remote_code: bool = False,
-               batch_size: int = DEFAULT_BATCH_SIZE, log: Callable[[str], None] | None = None) -> Path:
+               batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None,
+               log: Callable[[str], None] | None = None) -> Path:
     """Compute an oracle trace for a case set and write it atomically to `out`.
 
     Raises InputError (nothing written under `out`) for bad input, and when the share of
@@ -482,7 +504,7 @@ def run_oracle(*, model: str | os.PathLike | None = None, cases: str | os.PathLi
     if not specs:
         raise InputError(f"--shard {shard}: selects none of the {len(case_set)} cases in {case_set.path}")
     oracle = HFOracle(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                      max_memory=max_memory)
+                      max_memory=max_memory, threads=threads)
     tokenized = [tokenize_case(s, oracle.tokenizer, oracle.vocab_size) for s in specs]
     for c in tokenized:
         oracle.check_case(c)
@@ -492,7 +514,7 @@ def run_oracle(*, model: str | os.PathLike | None = None, cases: str | os.PathLi
     mode = "stepwise" if stepwise else "one-pass"
     identity = {"model": meta["model"], "tokenizer_sha256": meta["tokenizer_sha256"], "dtype": dtype,
                 "device": device, "mode": mode, "case_set_sha256": case_set.sha256, "shard": shard or "",
-                "harness_version": meta["harness_version"]}
+                "harness_version": meta["harness_version"], "torch_threads": meta["torch_threads"]}
     parts = _Parts(out, identity, resume)
 
     pending: list[Case] = []
