@@ -167,8 +167,8 @@ class Workspace:
         if recipes_path:
             options["recipes"] = recipes_path
         candidate = resolve(spec, **options)
-        meta = candidate.metadata()
-        key = _key("candidate", oracle_path.name, spec, meta.get("recipe", ""), meta.get("mode", ""), __version__)
+        recipe, mode = _cache_fields(candidate)
+        key = _key("candidate", oracle_path.name, spec, recipe, mode, __version__)
         path = self.traces_dir / f"{_safe(spec)}-{key}.safetensors"
         if path.exists() and not self.refresh:
             self.say(f"{spec}: cached {path}")
@@ -180,6 +180,18 @@ class Workspace:
                                model=model_provenance(self.model_dir), tokenizer_sha256=self.tokenizer_sha256())
         self.say(f"{spec}: done in {time.perf_counter() - t0:.1f} s")
         return out
+
+
+def _cache_fields(candidate) -> tuple[str, str]:
+    """(recipe text, mode) of a candidate for its cache key. An emulated candidate's come from its
+    fields, the values its metadata() records: that call imports torch and transformers for their
+    versions, which a run served from the cache never needs."""
+    from .candidates.emulated import EmulatedCandidate
+
+    if isinstance(candidate, EmulatedCandidate):
+        return candidate.recipe.text, candidate.mode
+    meta = candidate.metadata()
+    return meta.get("recipe", ""), meta.get("mode", "")
 
 
 def workspace(*, model: str | None = None, cases: str | None = None, cache_dir: str | None = None,
@@ -196,10 +208,18 @@ def workspace(*, model: str | None = None, cases: str | None = None, cache_dir: 
 
 
 def _decoder(model_dir: Path):
-    from .models import load_tokenizer
+    """Token ids -> text from the model's tokenizer.json with the `tokenizers` library, as
+    `flipgate gate --tokenizer` does: the same text as transformers' fast tokenizer (no clean-up of
+    spaces) without importing transformers and torch, which cost a warm compare half its time."""
+    from tokenizers import Tokenizer
 
-    tok = load_tokenizer(model_dir)
-    return lambda ids: tok.decode(list(ids), clean_up_tokenization_spaces=False)
+    path = Path(model_dir) / "tokenizer.json"
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # the tokenizers library raises its own exception type for a bad file
+        raise InputError(f"{path}: cannot load the tokenizer ({e.__class__.__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    return lambda ids: tok.decode(list(ids), skip_special_tokens=False)
 
 
 def run_gates(gate_names: Iterable[str] | None = None, *, config: str | None = None, model: str | None = None,
