@@ -87,7 +87,7 @@ def main() -> int:
             print("VERDICTS DIFFER between the two sides", file=sys.stderr)
             return 3
         print("verdicts: identical on both sides "
-              f"({', '.join(f'{g} {'PASS' if p else 'FAIL'}' for g, p, _ in verdicts['this tree'])})")
+              f"({', '.join(g + (' PASS' if p else ' FAIL') for g, p, _ in verdicts['this tree'])})")
         for phase in ("cold", "warm"):
             b, t = results["baseline"][phase], results["this tree"][phase]
             if not b:
