@@ -3,6 +3,7 @@ this tree against a baseline tree (default: /work/main, the landed code), side b
 
     python benchmarks/bench_compare.py                       # 2 cold + 5 warm runs a side
     python benchmarks/bench_compare.py --cold 1 --warm 3 --baseline /path/to/other/checkout
+    python benchmarks/bench_compare.py --cache .flipgate --warm 5  # warm only, on a filled cache
 
 Each run is a fresh `python -m harness.cli compare` process with PYTHONPATH set to the tree, in an
 empty folder, OMP_NUM_THREADS unset (the user's environment, not the tests'), the two sides
@@ -62,6 +63,8 @@ def main() -> int:
     ap.add_argument("--cold", type=int, default=2, help="cold runs a side (default 2)")
     ap.add_argument("--warm", type=int, default=5, help="warm runs a side (default 5)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run before giving up")
+    ap.add_argument("--cache", metavar="DIR", help="warm runs only, both sides on this filled trace cache "
+                    "(the two trees key traces alike); no cold runs")
     ap.add_argument("--json", metavar="FILE", help="also write the figures here")
     args = ap.parse_args()
     sides = {"baseline": Path(args.baseline).resolve(), "this tree": ROOT}
@@ -70,6 +73,9 @@ def main() -> int:
     verdicts = {}
     try:
         caches = {s: work / f"cache-{i}" for i, s in enumerate(sides)}
+        if args.cache:
+            caches = {s: Path(args.cache).resolve() for s in sides}
+            args.cold = 0
         for phase, n in (("cold", args.cold), ("warm", args.warm)):
             for rep in range(n):
                 order = list(sides) if rep % 2 == 0 else list(sides)[::-1]
