@@ -36,7 +36,10 @@ def run_oracle(tree: Path, out: Path, threads: int | None, stepwise: bool, timeo
         cmd.append("--stepwise")
     l0 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True, timeout=timeout)
+    try:
+        done = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return float("inf"), l0, os.getloadavg()[0]  # reported as "> timeout": a lower bound
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         raise SystemExit(f"{tree} {cmd[3:]}: exit {done.returncode}\n{done.stderr[-3000:]}")
@@ -75,15 +78,21 @@ def main() -> int:
     times: dict[str, list[float]] = {k: [] for k in sides}
     loads: list[float] = []
     digests: dict[str, tuple[str, str]] = {}
+    timed_out: set[str] = set()  # sides with a run over --timeout: their figures are lower bounds
     try:
         for rep in range(args.repeats):
             order = list(sides) if rep % 2 == 0 else list(sides)[::-1]
             for label in order:
                 tree, threads = sides[label]
-                out = work / f"o-{len(digests)}-{rep}.safetensors"
+                out = work / f"o-{list(sides).index(label)}-{rep}.safetensors"
                 wall, l0, l1 = run_oracle(tree, out, threads, args.stepwise, args.timeout)
-                times[label].append(wall)
                 loads += [l0, l1]
+                if wall == float("inf"):
+                    times[label].append(args.timeout)
+                    timed_out.add(label)
+                    print(f"{label:<34} > {args.timeout:.0f} s (timed out)  load {l0:.1f} -> {l1:.1f}", flush=True)
+                    continue
+                times[label].append(wall)
                 digests[label] = rows_digest(out)
                 out.unlink()
                 print(f"{label:<34} {wall:7.2f} s  load {l0:.1f} -> {l1:.1f}  torch_threads={digests[label][1]}",
@@ -94,14 +103,16 @@ def main() -> int:
     best = min((med[f"--threads {n}"], n) for n in counts)
     print(f"\n{'side':<34} {'median':>8} {'min':>8}")
     for k in sides:
-        print(f"{k:<34} {med[k]:7.2f}s {min(times[k]):7.2f}s")
+        flag = "  (a run timed out: at least this)" if k in timed_out else ""
+        print(f"{k:<34} {med[k]:7.2f}s {min(times[k]):7.2f}s{flag}")
     print(f"default / best thread count (--threads {best[1]}): {med['default'] / best[0]:.2f} (goal <= 1.2)")
     base = "baseline tree (torch's threads)"
     if base in med:
         print(f"speed-up of the default over the baseline tree: {med[base] / med['default']:.2f}x by median, "
               f"{min(times[base]) / min(times['default']):.2f}x by minimum")
     same = len({d for d, _ in digests.values()}) == 1
-    print("rows: " + ("bit-identical on every side" if same else "DIFFER between sides"))
+    print("rows: " + ("bit-identical on every side that finished" if same else "DIFFER between sides")
+          + (f" ({', '.join(sorted(timed_out))}: timed out)" if timed_out else ""))
     print(f"mode: {'stepwise' if args.stepwise else 'one-pass'}; load average (1 min) {min(loads):.1f}-{max(loads):.1f} "
           f"on {os.cpu_count()} CPUs")
     return 0 if same else 3

@@ -233,8 +233,8 @@ def default_workers(fused: bool, nbytes: int) -> int:
     head-sized vocabulary with at least PROCESS_MIN_BYTES of logits to read; else 1 (in-process).
 
     Processes, not threads: the fused sweep is a Python loop of numpy calls on 8192-token blocks,
-    and threads spent their time handing the interpreter lock back and forth (two threads ran at
-    0.78x of one, benchmarks/README.md). Fork is Linux-only here (macOS's frameworks are not
+    and threads taking rows spent their time handing the interpreter lock back and forth (two
+    threads were slower than one on this project's 2-core machine: benchmarks/README.md). Fork is Linux-only here (macOS's frameworks are not
     fork-safe, and spawn would re-run an unguarded __main__), so elsewhere the pass runs in-process.
     """
     if not fused or nbytes < PROCESS_MIN_BYTES or not _can_fork():
@@ -374,10 +374,12 @@ def _evaluate_pass(oracle_t: Trace, jobs: list[GateJob], *, decode: Decode | Non
              for cid in oracle_t.case_ids for r0 in range(0, oracle_t.rows(cid), read_rows)]
     if workers is None:
         workers = default_workers(fused, work.nbytes())
+    ids = prompt = None
     with _block_results(work, tasks, workers) as results:
         for (cid, r0, r1), block in zip(tasks, results):
-            ids = oracle_t.input_ids(cid)
-            prompt = len(ids) - oracle_t.rows(cid)
+            if r0 == 0:
+                ids = oracle_t.input_ids(cid)
+                prompt = len(ids) - oracle_t.rows(cid)
             fp32_top1 = _fp32_top1(fp32, cid, r0, r1) if fp32 is not None else None
             for a, (orc, stats) in zip(range(0, r1 - r0, unit), block):
                 cand = {k: stats[k] for k in cand_keys}
