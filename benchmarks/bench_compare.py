@@ -32,7 +32,7 @@ def _load() -> float:
     return os.getloadavg()[0]
 
 
-def run_compare(tree: Path, cache: Path, reports: Path, timeout: float) -> tuple[float, float, float]:
+def run_compare(tree: Path, cache: Path, reports: Path, timeout: float) -> tuple[float, float, float, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     env.update(PYTHONPATH=str(tree), FLIPGATE_CACHE=str(cache))
     before = _load()
@@ -42,12 +42,15 @@ def run_compare(tree: Path, cache: Path, reports: Path, timeout: float) -> tuple
     wall = time.perf_counter() - t0
     if done.returncode not in (0, 1):
         raise SystemExit(f"{tree}: compare exited {done.returncode}\n{done.stderr[-3000:]}")
-    return wall, before, _load()
+    return wall, before, _load(), f"exit {done.returncode}; stderr tail:\n{done.stderr[-2000:]}"
 
 
-def verdict_summary(reports: Path) -> list:
+def verdict_summary(reports: Path, log: str) -> list:
     """(gate, passed, summary without notes) per gate of the newest comparison in `reports`."""
-    newest = max(reports.glob("compare-*"), key=lambda p: p.stat().st_mtime)
+    folders = list(reports.glob("compare-*"))
+    if not folders:
+        raise SystemExit(f"{reports}: the run wrote no comparison folder ({log})")
+    newest = max(folders, key=lambda p: p.stat().st_mtime)
     data = json.loads((newest / "comparison.json").read_text(encoding="utf-8"))
     verdicts = data if isinstance(data, list) else data.get("verdicts", data)
     out = []
@@ -84,11 +87,11 @@ def main() -> int:
                         shutil.rmtree(caches[side], ignore_errors=True)
                     reports = work / f"reports-{side.replace(' ', '-')}"
                     reports.mkdir(exist_ok=True)
-                    wall, l0, l1 = run_compare(sides[side], caches[side], reports, args.timeout)
+                    wall, l0, l1, log = run_compare(sides[side], caches[side], reports, args.timeout)
                     results[side][phase].append(wall)
                     results[side]["load"].append((l0, l1))
-                    verdicts[side] = verdict_summary(reports)
                     print(f"{phase} {side:<9} {wall:7.2f} s  load {l0:.1f} -> {l1:.1f}", flush=True)
+                    verdicts[side] = verdict_summary(reports, log)
         if verdicts["baseline"] != verdicts["this tree"]:
             print("VERDICTS DIFFER between the two sides", file=sys.stderr)
             return 3
