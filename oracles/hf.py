@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -105,6 +106,15 @@ def _text_config(cfg: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # the oracle
+
+
+def _computing(method):
+    """Run an HFOracle method on the oracle's torch threads (HFOracle.threads), restoring the caller's."""
+    @functools.wraps(method)
+    def on_oracle_threads(self, *args, **kwargs):
+        with self._threads():
+            return method(self, *args, **kwargs)
+    return on_oracle_threads
 
 
 class HFOracle:
@@ -221,6 +231,7 @@ class HFOracle:
             logits = logits[:, -keep:]
         return logits, new_cache
 
+    @_computing
     def greedy(self, prompts: np.ndarray, new_tokens: int, on_tokens: Callable[[int], None] | None = None) -> np.ndarray:
         """Greedy continuations for a batch of equal-length prompts [B, P] -> [B, new_tokens].
 
@@ -231,18 +242,17 @@ class HFOracle:
 
         prompts = np.asarray(prompts, dtype=np.int64)
         self._check_fits(prompts.shape[1] + new_tokens, "prompt + continuation")
-        with self._threads():
-            logits, cache = self._forward(prompts, use_cache=True, keep=1)
+        logits, cache = self._forward(prompts, use_cache=True, keep=1)
+        if on_tokens:
+            on_tokens(prompts.size)
+        out = []
+        for i in range(new_tokens):
+            nxt = torch.argmax(logits[:, -1].float(), dim=-1)
+            out.append(nxt.cpu())
+            if i + 1 < new_tokens:
+                logits, cache = self._forward(nxt[:, None], cache=cache, use_cache=True)
             if on_tokens:
-                on_tokens(prompts.size)
-            out = []
-            for i in range(new_tokens):
-                nxt = torch.argmax(logits[:, -1].float(), dim=-1)
-                out.append(nxt.cpu())
-                if i + 1 < new_tokens:
-                    logits, cache = self._forward(nxt[:, None], cache=cache, use_cache=True)
-                if on_tokens:
-                    on_tokens(len(prompts))
+                on_tokens(len(prompts))
         return torch.stack(out, dim=1).numpy().astype(np.int64)
 
     def complete(self, cases: Sequence[Case], batch_size: int = DEFAULT_BATCH_SIZE,
@@ -264,6 +274,7 @@ class HFOracle:
             raise ValueError("rows(): input_ids must be 1-D")
         return self.rows_batch(ids[None], n_rows, stepwise=stepwise)[0]
 
+    @_computing
     def rows_batch(self, input_ids: np.ndarray, n_rows: int, stepwise: bool = False,
                    on_tokens: Callable[[int], None] | None = None) -> np.ndarray:
         """[B, N] equal-length sequences -> [B, n_rows, vocab] rows, in the logits' own dtype
@@ -275,21 +286,20 @@ class HFOracle:
         if not 1 <= n_rows <= n - 1:
             raise ValueError(f"rows(): {n_rows} rows need 1..{n - 1} (a sequence of {n} tokens)")
         self._check_fits(n, "sequence")
-        with self._threads():
-            if stepwise:
-                cache, rows = None, []
-                for t in range(n - 1):  # the last token predicts nothing that is scored
-                    logits, cache = self._forward(ids[:, t:t + 1], cache=cache, use_cache=True)
-                    if t >= n - 1 - n_rows:
-                        rows.append(logits[:, -1])
-                    if on_tokens:
-                        on_tokens(b)
-                out = torch.stack(rows, dim=1)
-            else:
-                logits, _ = self._forward(ids, keep=n_rows + 1)
-                out = logits[:, -(n_rows + 1):-1]
+        if stepwise:
+            cache, rows = None, []
+            for t in range(n - 1):  # the last token predicts nothing that is scored
+                logits, cache = self._forward(ids[:, t:t + 1], cache=cache, use_cache=True)
+                if t >= n - 1 - n_rows:
+                    rows.append(logits[:, -1])
                 if on_tokens:
-                    on_tokens(ids.size)
+                    on_tokens(b)
+            out = torch.stack(rows, dim=1)
+        else:
+            logits, _ = self._forward(ids, keep=n_rows + 1)
+            out = logits[:, -(n_rows + 1):-1]
+            if on_tokens:
+                on_tokens(ids.size)
         return _to_numpy(out)
 
     def _threads(self):
