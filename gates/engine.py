@@ -304,6 +304,21 @@ _WORK: _PassWork | None = None  # a worker process's pass, inherited through for
 def _init_worker(work: _PassWork) -> None:
     global _WORK
     _WORK = work
+    _reuse_read_buffers()
+
+
+def _reuse_read_buffers() -> None:
+    """In a worker (never the caller's process): have glibc serve the multi-MB read blocks from its
+    heap instead of fresh mappings, so each block reuses the last one's pages. Otherwise every read
+    faults its pages in anew: 1.3 s of system time in a 5 s pass at V=248320, against 0.5 s."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: blocks up to 64 MiB come from the heap
+        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD: keep up to 128 MiB of freed heap for the next block
+    except (OSError, AttributeError):  # not glibc: the defaults are only slower
+        pass
 
 
 def _worker_block(task: tuple[str, int, int]):
