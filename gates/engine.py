@@ -15,9 +15,11 @@ Argmax ties go to the lowest token id, in every trace (numpy's argmax rule).
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
+import os
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -25,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from harness.caseset import check_same_case_set, trace_case_set_sha256
-from harness.errors import InputError
+from harness.errors import FlipgateError, InputError
 from harness.evidence import evidence_of
 from harness.trace import Trace, open_trace
 
@@ -34,7 +36,8 @@ from .policy import GatePolicy
 from .verdict import Verdict
 
 CONTEXT_TOKENS = 48  # context_text holds at most this many tokens before the target
-MAX_WORKERS = 4
+MAX_WORKERS = 4  # worker processes at most (each holds one read block: 8 MiB a trace)
+PROCESS_MIN_BYTES = 256 << 20  # less logits than this are judged in-process: forking costs more than it saves
 READ_BYTES = 8 << 20  # per trace and read: big enough to amortise the read, small enough to bound memory
 IDS_SLICE = 1 << 20   # token ids compared per read
 
@@ -189,8 +192,8 @@ def evaluate_many(oracle: Trace | str | os.PathLike, jobs: list[GateJob], *, dec
     """Judge several gates in one pass: the oracle and every distinct trace are read once per case,
     and each trace's comparison with the oracle is computed once however many gates use it.
 
-    `workers` threads take rows side by side (numpy releases the GIL in its loops); default: the
-    CPU count up to MAX_WORKERS for head-sized vocabularies, else 1. The figures do not depend on it.
+    `workers` processes take whole blocks of rows side by side (see `default_workers`, the default);
+    1 judges in this process. The figures do not depend on it.
     `oracle_fp32` (else each policy's own) adds the fp32 confirmation; see `evaluate`."""
     oracle_t = _open(oracle)
     # one pass per (fp32 oracle, reference): gates that share them still share the pass
@@ -234,6 +237,157 @@ def evaluate_many(oracle: Trace | str | os.PathLike, jobs: list[GateJob], *, dec
     return verdicts
 
 
+# ---------------------------------------------------------------------------------------------
+# the per-row statistics, and the worker processes that compute them
+
+
+def default_workers(fused: bool, nbytes: int) -> int:
+    """Worker processes for a pass: one per CPU this process may run on, up to MAX_WORKERS, for a
+    head-sized vocabulary with at least PROCESS_MIN_BYTES of logits to read; else 1 (in-process).
+
+    Processes, not threads: the fused sweep is a Python loop of numpy calls on 8192-token blocks,
+    and threads taking rows spent their time handing the interpreter lock back and forth (two
+    threads were slower than one on this project's 2-core machine: benchmarks/README.md). Fork is Linux-only here (macOS's frameworks are not
+    fork-safe, and spawn would re-run an unguarded __main__), so elsewhere the pass runs in-process.
+    """
+    if not fused or nbytes < PROCESS_MIN_BYTES or not _can_fork():
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_WORKERS))
+
+
+def _can_fork() -> bool:
+    import multiprocessing
+
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+@dataclass
+class _PassWork:
+    """What a block of rows needs: the traces (read by path, each read opens the file) and their roles."""
+
+    oracle: Trace
+    traces: dict[str, Trace]
+    cand_keys: list[str]
+    ctrl_only: list[str]
+    fused: bool
+    unit: int
+
+    def nbytes(self) -> int:
+        """Bytes of the traces read in the pass (their file sizes: logits are nearly all of a trace)."""
+        return sum(os.path.getsize(t.path) for t in {id(t): t for t in [self.oracle, *self.traces.values()]}.values())
+
+    def block(self, cid: str, r0: int, r1: int) -> list[tuple]:
+        """(OracleRows, {trace key: CandidateRows or ControlRows}) for each unit of rows [r0, r1) of a case."""
+        o_block = self.oracle.logits_rows(cid, r0, r1)
+        blocks = {k: self.traces[k].logits_rows(cid, r0, r1) for k in self.cand_keys + self.ctrl_only}
+        return [self.unit_stats(o_block[a:a + self.unit], {k: v[a:a + self.unit] for k, v in blocks.items()},
+                                (cid, r0 + a))
+                for a in range(0, r1 - r0, self.unit)]
+
+    def unit_stats(self, o_rows: np.ndarray, blocks: dict[str, np.ndarray], where: tuple[str, int]):
+        got = None
+        if self.fused:
+            try:
+                got = sweep.sweep(o_rows, [blocks[k] for k in self.cand_keys], [blocks[k] for k in self.ctrl_only])
+            except ValueError as e:
+                _oracle_not_finite(self.oracle, where[0], where[1] + int(e.args[0]))
+        if got is not None:
+            orc, cands, ctrls = got
+            return orc, dict(zip(self.cand_keys, cands)) | dict(zip(self.ctrl_only, ctrls))
+        o = metrics.to_float64(o_rows)
+        sumsq = metrics.row_sumsq(o)
+        bad = np.flatnonzero(~np.isfinite(sumsq))
+        if bad.size:
+            _oracle_not_finite(self.oracle, where[0], where[1] + int(bad[0]))
+        orc = metrics.oracle_rows(o, sumsq)
+        stats = {}
+        for k in self.cand_keys + self.ctrl_only:
+            x = metrics.to_float64(blocks[k])
+            stats[k] = metrics.candidate_rows(x, o, orc) if k in self.cand_keys else metrics.control_rows(x)
+        return orc, stats
+
+
+_WORK: _PassWork | None = None  # a worker process's pass, inherited through fork
+
+
+def _init_worker(work: _PassWork) -> None:
+    global _WORK
+    _WORK = work
+    _reuse_read_buffers()
+
+
+def _reuse_read_buffers() -> None:
+    """In a worker (never the caller's process): have glibc serve the multi-MB read blocks from its
+    heap instead of fresh mappings, so each block reuses the last one's pages. Otherwise every read
+    faults its pages in anew: 1.3 s of system time in a 5 s pass at V=248320, against 0.5 s."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: blocks up to 64 MiB come from the heap
+        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD: keep up to 128 MiB of freed heap for the next block
+    except (OSError, AttributeError):  # not glibc: the defaults are only slower
+        pass
+
+
+def _worker_block(task: tuple[str, int, int]):
+    """In a worker: one block's statistics, or the one-line message of a bad input (exit 2 in the parent)."""
+    try:
+        return True, _WORK.block(*task)
+    except FlipgateError as e:
+        return False, str(e)
+
+
+@contextlib.contextmanager
+def _block_results(work: _PassWork, tasks: list[tuple[str, int, int]], workers: int):
+    """The statistics of each task's block of rows, in task order: computed here, or by `workers`
+    forked processes that each take whole blocks (a block is read by the process that sweeps it).
+    The numbers are the same either way: each row is swept by the same code on the same bytes."""
+    if workers <= 1 or len(tasks) < 2:
+        yield (work.block(*t) for t in tasks)
+        return
+    import multiprocessing
+
+    pool = multiprocessing.get_context("fork").Pool(min(workers, len(tasks)), initializer=_init_worker,
+                                                    initargs=(work,))
+    try:
+        def results():
+            for ok, got in pool.imap(_worker_block, tasks):
+                if not ok:
+                    raise InputError(got)
+                yield got
+        yield results()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _control_checks(oracle_t: Trace, prepared: list, traces: dict[str, Trace],
+                    read_rows: int) -> tuple[dict, dict]:
+    """({control key: RowsDigest}, {(candidate key, control key): SameRows}) over every case's rows."""
+    digests = {k: roles.RowsDigest() for k in dict.fromkeys(p.control for p in prepared if p.control)}
+    same_rows = {(p.candidate, p.control): roles.SameRows() for p in prepared if p.control}
+    try:
+        for cid in oracle_t.case_ids:
+            rows = oracle_t.rows(cid)
+            for r0 in range(0, rows, read_rows):
+                r1 = min(rows, r0 + read_rows)
+                blocks = {k: traces[k].logits_rows(cid, r0, r1) for k in digests}
+                for k, d in digests.items():
+                    d.update(cid, blocks[k], first=r0 == 0)
+                for (c, k), same in same_rows.items():
+                    if same.cases.get(cid, True):  # a case stops being compared at its first difference
+                        same.update(cid, traces[c].logits_rows(cid, r0, r1), blocks[k])
+    finally:
+        for d in digests.values():
+            d.close()
+    return digests, same_rows
+
+
 def _evaluate_pass(oracle_t: Trace, jobs: list[GateJob], *, decode: Decode | None, provenance: dict | None,
                    workers: int | None, fp32: Trace | None = None) -> list[Verdict]:
     if oracle_t.vocab_size < 2:
@@ -268,60 +422,26 @@ def _evaluate_pass(oracle_t: Trace, jobs: list[GateJob], *, decode: Decode | Non
     # rows per unit of work: one row on the fused path, about 1 MiB of float64 on the reference path
     unit = 1 if fused else metrics.chunk_rows(vocab)
     read_rows = max(unit, (READ_BYTES // (vocab * 4)) // unit * unit)
-    keys = cand_keys + ctrl_only
+    work = _PassWork(oracle_t, traces, cand_keys, ctrl_only, fused, unit)
+    tasks = [(cid, r0, min(oracle_t.rows(cid), r0 + read_rows))
+             for cid in oracle_t.case_ids for r0 in range(0, oracle_t.rows(cid), read_rows)]
     if workers is None:
-        workers = min(os.cpu_count() or 1, MAX_WORKERS) if fused else 1
-    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
-    cand_set = set(cand_keys)
-    # the controls' content hash (provenance), and whether a control holds its candidate's rows (refused)
-    digests = {k: roles.RowsDigest() for k in dict.fromkeys(p.control for p in prepared if p.control)}
-    same_rows = {(p.candidate, p.control): roles.SameRows() for p in prepared if p.control}
-
-    def unit_stats(o_rows: np.ndarray, blocks: dict[str, np.ndarray], where: tuple[str, int]):
-        got = None
-        if fused:
-            try:
-                got = sweep.sweep(o_rows, [blocks[k] for k in cand_keys], [blocks[k] for k in ctrl_only])
-            except ValueError as e:
-                _oracle_not_finite(oracle_t, where[0], where[1] + int(e.args[0]))
-        if got is not None:
-            orc, cands, ctrls = got
-            stats = dict(zip(cand_keys, cands)) | dict(zip(ctrl_only, ctrls))
-            return orc, stats
-        o = metrics.to_float64(o_rows)
-        sumsq = metrics.row_sumsq(o)
-        bad = np.flatnonzero(~np.isfinite(sumsq))
-        if bad.size:
-            _oracle_not_finite(oracle_t, where[0], where[1] + int(bad[0]))
-        orc = metrics.oracle_rows(o, sumsq)
-        stats = {}
-        for k in keys:
-            x = metrics.to_float64(blocks[k])
-            stats[k] = metrics.candidate_rows(x, o, orc) if k in cand_set else metrics.control_rows(x)
-        return orc, stats
-
+        workers = default_workers(fused, work.nbytes())
+    # the controls' content hash (provenance) and whether a control holds its candidate's rows (refused):
+    # read on a thread beside the pass, started once the workers are forked (no thread crosses a fork)
+    checks = ThreadPoolExecutor(max_workers=1)
+    ids = prompt = None
     try:
-        for cid in oracle_t.case_ids:
-            rows = oracle_t.rows(cid)
-            prompt = oracle_t.tokens(cid) - rows
-            # only the scored tokens and the context before them are used: read just those
-            first = max(0, prompt - CONTEXT_TOKENS)
-            ids = _Ids(oracle_t.input_ids_slice(cid, first, prompt + rows), first)
-            for r0 in range(0, rows, read_rows):
-                r1 = min(rows, r0 + read_rows)
-                o_block = oracle_t.logits_rows(cid, r0, r1)
-                blocks = {k: traces[k].logits_rows(cid, r0, r1) for k in keys}
-                for k, d in digests.items():
-                    d.update(cid, blocks[k], first=r0 == 0)
-                for (c, k), same in same_rows.items():
-                    same.update(cid, blocks[c], blocks[k])
+        with _block_results(work, tasks, workers) as results:
+            control_checks = checks.submit(_control_checks, oracle_t, prepared, traces, read_rows)
+            for (cid, r0, r1), block in zip(tasks, results):
+                if r0 == 0:
+                    prompt = oracle_t.tokens(cid) - oracle_t.rows(cid)
+                    # only the scored tokens and the context before them are used: read just those
+                    first = max(0, prompt - CONTEXT_TOKENS)
+                    ids = _Ids(oracle_t.input_ids_slice(cid, first, prompt + oracle_t.rows(cid)), first)
                 fp32_top1 = _fp32_top1(fp32, cid, r0, r1) if fp32 is not None else None
-                starts = list(range(0, r1 - r0, unit))
-                args = [(o_block[a:a + unit], {k: v[a:a + unit] for k, v in blocks.items()}, (cid, r0 + a))
-                        for a in starts]
-                results = pool.map(lambda x: unit_stats(*x), args) if pool is not None and len(args) > 1 \
-                    else (unit_stats(*x) for x in args)
-                for a, (orc, stats) in zip(starts, results):
+                for a, (orc, stats) in zip(range(0, r1 - r0, unit), block):
                     cand = {k: stats[k] for k in cand_keys}
                     ctrl = {k: metrics.ControlRows(c.finite, c.top1, c.top1_prob) for k, c in cand.items()}
                     ctrl.update({k: stats[k] for k in ctrl_only})
@@ -329,11 +449,9 @@ def _evaluate_pass(oracle_t: Trace, jobs: list[GateJob], *, decode: Decode | Non
                         _records(job, cid, ids, prompt, r0 + a, orc, cand[job.candidate],
                                  ctrl[job.control] if job.control else None, texts,
                                  None if fp32_top1 is None else fp32_top1[a:a + unit])
+            digests, same_rows = control_checks.result()
     finally:
-        if pool is not None:
-            pool.shutdown()
-        for d in digests.values():
-            d.close()
+        checks.shutdown(wait=True)
 
     case_set = trace_case_set_sha256(oracle_t)  # the verdict names the case set it was judged on
     for (c, k), same in same_rows.items():

@@ -202,7 +202,7 @@ class Workspace:
             reads = file_sha256(candidate.path)
         model = {f.name: file_sha256(f) for f in weight_files(self.model_dir)} if self.model_dir.is_dir() else {}
         return _key("candidate", file_sha256(oracle_path), spec, candidate.runner, candidate.variant,
-                    candidate.metadata(), reads, model, self.tokenizer_sha256(), _versions(), __version__)
+                    _cache_identity(candidate), reads, model, self.tokenizer_sha256(), _versions(), __version__)
 
     def candidate_trace(self, spec: str, oracle_path: Path, recipes_path: str | None = None) -> Path:
         from .candidates import resolve
@@ -233,6 +233,18 @@ class Workspace:
         return out
 
 
+def _cache_identity(candidate) -> dict:
+    """A candidate's provenance for its cache key. An emulated candidate's comes from its fields (what
+    its metadata() records, less the package versions, which `_versions()` keys): metadata() imports
+    torch and transformers, which a run served from the cache never needs."""
+    from .candidates.emulated import EmulatedCandidate
+
+    if isinstance(candidate, EmulatedCandidate):
+        return {"recipe": candidate.recipe.text, "recipe_source": candidate.recipe.source, "mode": candidate.mode,
+                "full": candidate.full, "device": candidate.device, "model": str(candidate.model_dir)}
+    return candidate.metadata()
+
+
 def workspace(*, model: str | None = None, cases: str | None = None, cache_dir: str | None = None,
               dtype: str = "bfloat16", refresh: bool = False, quiet: bool = False,
               log: Callable[[str], None] | None = None) -> Workspace:
@@ -247,10 +259,18 @@ def workspace(*, model: str | None = None, cases: str | None = None, cache_dir: 
 
 
 def _decoder(model_dir: Path):
-    from .models import load_tokenizer
+    """Token ids -> text from the model's tokenizer.json with the `tokenizers` library, as
+    `flipgate gate --tokenizer` does: the same text as transformers' fast tokenizer (no clean-up of
+    spaces) without importing transformers and torch, which cost a warm compare half its time."""
+    from tokenizers import Tokenizer
 
-    tok = load_tokenizer(model_dir)
-    return lambda ids: tok.decode(list(ids), clean_up_tokenization_spaces=False)
+    path = Path(model_dir) / "tokenizer.json"
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # the tokenizers library raises its own exception type for a bad file
+        raise InputError(f"{path}: cannot load the tokenizer ({e.__class__.__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    return lambda ids: tok.decode(list(ids), skip_special_tokens=False)
 
 
 def run_gates(gate_names: Iterable[str] | None = None, *, config: str | None = None, model: str | None = None,

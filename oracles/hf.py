@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -35,7 +36,7 @@ import numpy as np
 from harness.cases import Case, load_cases, select_shard, tokenize_case
 from harness.errors import InputError, TraceError
 from harness.models import (DTYPES, load_causal_lm, load_tokenizer, model_provenance, read_config,
-                            resolve_model_dir, tokenizer_sha256, weight_files)
+                            resolve_model_dir, tokenizer_sha256, torch_threads, weight_files)
 from harness.trace import CaseTrace, base_metadata, open_trace, write_trace
 from reports.escape import visible
 
@@ -109,6 +110,15 @@ def _text_config(cfg: dict) -> dict:
 # the oracle
 
 
+def _computing(method):
+    """Run an HFOracle method on the oracle's torch threads (HFOracle.threads), restoring the caller's."""
+    @functools.wraps(method)
+    def on_oracle_threads(self, *args, **kwargs):
+        with self._threads():
+            return method(self, *args, **kwargs)
+    return on_oracle_threads
+
+
 class HFOracle:
     """A Hugging Face causal LM as the teacher-forced reference.
 
@@ -119,8 +129,14 @@ class HFOracle:
     runner = RUNNER
 
     def __init__(self, model_dir: str | os.PathLike | None = None, dtype: str = "bfloat16",
-                 device: str = "cpu", trust_remote_code: bool = False, max_memory=None):
+                 device: str = "cpu", trust_remote_code: bool = False, max_memory=None,
+                 threads: int | None = None):
         _check_choice("--dtype", dtype, DTYPES)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise InputError(f"--threads {threads!r}: expected a positive number of threads")
+        # torch CPU threads while computing: None picks one for a small model (harness.models.torch_threads:
+        # on a busy machine every parallel kernel of a small model waits for a descheduled thread)
+        self.threads = threads
         _check_choice("--device", device, DEVICES)
         self.max_memory = parse_max_memory(max_memory)
         if self.max_memory is not None and device != "auto":
@@ -140,6 +156,8 @@ class HFOracle:
         if not isinstance(vocab, int) or vocab <= 0:
             raise InputError(f"{self.model_dir}/config.json: no positive 'vocab_size' (not a causal language model?)")
         self.vocab_size = vocab
+        hidden = tcfg.get("hidden_size")
+        self.hidden_size: int | None = hidden if isinstance(hidden, int) and hidden > 0 else None
         ctx = tcfg.get("max_position_embeddings")
         self.max_positions: int | None = ctx if isinstance(ctx, int) and ctx > 0 else None
         self.tokenizer = load_tokenizer(self.model_dir)
@@ -215,6 +233,7 @@ class HFOracle:
             logits = logits[:, -keep:]
         return logits, new_cache
 
+    @_computing
     def greedy(self, prompts: np.ndarray, new_tokens: int, on_tokens: Callable[[int], None] | None = None) -> np.ndarray:
         """Greedy continuations for a batch of equal-length prompts [B, P] -> [B, new_tokens].
 
@@ -257,6 +276,7 @@ class HFOracle:
             raise ValueError("rows(): input_ids must be 1-D")
         return self.rows_batch(ids[None], n_rows, stepwise=stepwise)[0]
 
+    @_computing
     def rows_batch(self, input_ids: np.ndarray, n_rows: int, stepwise: bool = False,
                    on_tokens: Callable[[int], None] | None = None) -> np.ndarray:
         """[B, N] equal-length sequences -> [B, n_rows, vocab] rows, in the logits' own dtype
@@ -283,6 +303,17 @@ class HFOracle:
             if on_tokens:
                 on_tokens(ids.size)
         return _to_numpy(out)
+
+    def _threads(self):
+        """The torch thread count the rows are computed with (see `threads`; recorded as `torch_threads`)."""
+        return torch_threads(self.threads, self.hidden_size)
+
+    def torch_threads(self) -> int:
+        """The number of torch threads the rows are (or will be) computed with."""
+        import torch
+
+        with self._threads():
+            return torch.get_num_threads()
 
     def _check_fits(self, n: int, what: str) -> None:
         if self.max_positions is not None and n > self.max_positions:
@@ -319,7 +350,7 @@ class HFOracle:
             "dtype": self.dtype,
             "device": self.device,
             "torch_version": torch.__version__,
-            "torch_threads": str(torch.get_num_threads()),  # CPU bf16 kernels round differently per thread count
+            "torch_threads": str(self.torch_threads()),  # CPU bf16 kernels may round differently per thread count
             "transformers_version": transformers.__version__,
             "harness_version": __version__,
             "trust_remote_code": str(bool(self.trust_remote_code)).lower(),
@@ -491,8 +522,8 @@ def run_oracle(*, model: str | os.PathLike | None = None, cases: str | os.PathLi
                stepwise: bool = False, shard: str | None = None, resume: bool = False,
                min_confident_fraction: float | None = None, min_margin: float = DEFAULT_MIN_MARGIN,
                quiet: bool = False, max_memory=None, trust_remote_code: bool = False,
-               batch_size: int = DEFAULT_BATCH_SIZE, log: Callable[[str], None] | None = None,
-               keep_parts: bool = False) -> Path:
+               batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None,
+               log: Callable[[str], None] | None = None, keep_parts: bool = False) -> Path:
     """Compute an oracle trace for a case set and write it atomically to `out`.
 
     `keep_parts` keeps `OUT.parts/` after the trace is written (a launched rank's share: until rank 0
@@ -518,7 +549,7 @@ def run_oracle(*, model: str | os.PathLike | None = None, cases: str | os.PathLi
     if not specs:
         raise InputError(f"--shard {shard}: selects none of the {len(case_set)} cases in {case_set.path}")
     oracle = HFOracle(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                      max_memory=max_memory)
+                      max_memory=max_memory, threads=threads)
     tokenized = [tokenize_case(s, oracle.tokenizer, oracle.vocab_size) for s in specs]
     for c in tokenized:
         oracle.check_case(c)
@@ -528,7 +559,7 @@ def run_oracle(*, model: str | os.PathLike | None = None, cases: str | os.PathLi
     mode = "stepwise" if stepwise else "one-pass"
     identity = {"model": meta["model"], "tokenizer_sha256": meta["tokenizer_sha256"], "dtype": dtype,
                 "device": device, "mode": mode, "cases_file_sha256": case_set.sha256, "shard": shard or "",
-                "harness_version": meta["harness_version"]}
+                "harness_version": meta["harness_version"], "torch_threads": meta["torch_threads"]}
     parts = _Parts(out, identity, resume)
 
     pending: list[Case] = []

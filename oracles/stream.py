@@ -422,7 +422,8 @@ class StreamedOracle(StreamedCheckpoint):
 
     def __init__(self, model_dir: str | Path, dtype: str = "float32", max_memory: int | str | None = None,
                  head_chunk_rows: int | None = None, batch_size: int = 1, head_rows: str = "keep",
-                 logits_block_bytes: int | None = None, log: Callable[[str], None] | None = None):
+                 logits_block_bytes: int | None = None, log: Callable[[str], None] | None = None,
+                 threads: int | None = None):
         if dtype not in ("float32", "fp32"):
             raise InputError(f"--dtype {dtype!r} with --stream: the streamed oracle runs float32 only "
                              f"(a bfloat16 oracle fits in memory the ordinary way)")
@@ -440,6 +441,9 @@ class StreamedOracle(StreamedCheckpoint):
             raise InputError(f"head_rows {head_rows!r}: expected 'keep' or 'all'")
         self.batch_size = batch_size
         self.head_rows = head_rows
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise InputError(f"--threads {threads!r}: expected a positive number of threads")
+        self.threads = threads  # None: one for a small model, as the in-memory oracle (harness.models.torch_threads)
         self.log = log or (lambda msg: None)
         StreamedCheckpoint.__init__(self, self.model_dir)
         self.stats = StreamStats(layers=len(self.layers))
@@ -450,8 +454,20 @@ class StreamedOracle(StreamedCheckpoint):
 
         return {"dtype": "float32", "execution": "layer-streamed",
                 "head_chunk_rows": str(self.stats.head_chunk_rows), "head_rows": self.head_rows,
-                "batch_size": str(self.batch_size),
+                "batch_size": str(self.batch_size), "torch_threads": str(self.torch_threads()),
                 "torch_version": torch.__version__, "transformers_version": transformers.__version__}
+
+    def _threads(self):
+        from harness.models import torch_threads
+
+        return torch_threads(self.threads, self.hidden_size)
+
+    def torch_threads(self) -> int:
+        """The number of torch threads the logits are computed with."""
+        import torch
+
+        with self._threads():
+            return torch.get_num_threads()
 
     # -- memory budget --------------------------------------------------------------------------
 
@@ -577,7 +593,7 @@ class StreamedOracle(StreamedCheckpoint):
         # no_grad, not inference_mode: weights made under inference_mode are inference tensors, and
         # torch routes a matmul with them (as with any weight that does not require grad) through
         # another kernel path than a loaded model's Parameters -- other last bits.
-        with torch.no_grad():
+        with self._threads(), torch.no_grad():
             t0 = time.perf_counter()
             hidden, layer_args = [], []
             for g in groups:
@@ -632,7 +648,7 @@ class StreamedOracle(StreamedCheckpoint):
             held += size
         st.head_passes = len(blocks)
         for block in blocks:
-            with torch.no_grad():
+            with self._threads(), torch.no_grad():  # not across the yield: the caller's threads are its own
                 logits = self._head_pass(seqs, groups, block, head_in)
             st.peak_rss_bytes = peak_rss_bytes()
             for i in sorted(logits):  # a block's cases in input order (one block: all, in order)
@@ -692,7 +708,7 @@ def run_streamed_oracle(*, model: str | Path | None = None, cases: str | Path | 
                         max_memory: str | int | None = None, batch_size: int = 1, shard: str | None = None,
                         min_margin: float = 0.1, min_confident_fraction: float | None = None,
                         device: str = "cpu", stepwise: bool = False, resume: bool = False,
-                        trust_remote_code: bool = False, quiet: bool = False,
+                        trust_remote_code: bool = False, quiet: bool = False, threads: int | None = None,
                         log: Callable[[str], None] | None = None) -> Path:
     """Compute the float32 oracle trace of a case set layer by layer and write it atomically.
 
@@ -725,7 +741,7 @@ def run_streamed_oracle(*, model: str | Path | None = None, cases: str | Path | 
 
     model_dir = resolve_model_dir(model)
     oracle = StreamedOracle(model_dir, dtype=dtype, max_memory=max_memory, batch_size=batch_size,
-                            log=(lambda msg: None) if quiet else (log or print))
+                            log=(lambda msg: None) if quiet else (log or print), threads=threads)
     case_set = load_cases(cases)
     specs = select_shard(case_set.specs, shard)
     if not specs:

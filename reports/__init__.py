@@ -7,7 +7,8 @@
     folder, files = write_signoff("release", build_report(verdicts, subject="int8hu", made=made_info()))
     card = reports.card.render_card(reports.card.CardInputs(verdicts, "int8hu", ...))   # the release card
 
-Nothing here imports torch; matplotlib and pandas are imported only when a plot or CSV is drawn.
+Nothing here imports torch, transformers or pandas (tests/reports/test_csv.py checks it); matplotlib is
+imported only when a plot is drawn.
 """
 
 from .model import Report, as_verdicts, build_report, load_verdict_file, load_verdicts, made_info

@@ -1,5 +1,6 @@
-"""The machine-readable renderers: JSON (the verdict schema itself) and CSV (pandas, one row per
-gate × position). Token text stays raw in the JSON — data, not a page — and round-trips exactly.
+"""The machine-readable renderers: JSON (the verdict schema itself) and CSV (one row per
+gate × position; `positions_frame` gives the same rows as a pandas DataFrame). Token text stays
+raw in the JSON — data, not a page — and round-trips exactly.
 
 CSV is opened in spreadsheets, which run a cell starting with `=`, `+`, `-` or `@` (or a tab or
 carriage return before one) as a formula: a text cell starting so is written with a leading `'`
@@ -59,9 +60,12 @@ def dumps(obj: Any) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def positions_frame(verdicts: list[Mapping]):
-    import pandas as pd
+_INT_COLUMNS = ("row", "position", "target_token", "oracle_top1", "oracle_top2", "candidate_top1",
+                "control_top1", "oracle_rank_in_candidate")
 
+
+def position_rows(verdicts: list[Mapping]) -> list[dict]:
+    """One dict a gate × position, keyed by CSV_COLUMNS; float columns as floats (NaN for "NaN"), else None."""
     rows = []
     for v in verdicts:
         head = {"gate": v["gate"], "candidate": candidate_name(v), "control": control_name(v),
@@ -71,10 +75,16 @@ def positions_frame(verdicts: list[Mapping]):
             for k in _FLOAT_COLUMNS:  # "NaN" (a verdict file's NaN) and nan alike become a float NaN
                 row[k] = num(row[k])
             rows.append(row)
-    frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
+    return rows
+
+
+def positions_frame(verdicts: list[Mapping]):
+    """The rows as a pandas DataFrame (ids as nullable Int64), for users who analyse in pandas."""
+    import pandas as pd
+
+    frame = pd.DataFrame(position_rows(verdicts), columns=list(CSV_COLUMNS))
     # Ids stay integers where present (pandas would make a column with a None in it float).
-    for col in ("row", "position", "target_token", "oracle_top1", "oracle_top2", "candidate_top1",
-                "control_top1", "oracle_rank_in_candidate"):
+    for col in _INT_COLUMNS:
         frame[col] = frame[col].astype("Int64")
     return frame
 
@@ -89,15 +99,33 @@ def csv_cell(value: Any) -> Any:
     return value
 
 
-def render_csv(verdicts: list[Mapping]) -> str:
-    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
 
-    frame = positions_frame(verdicts)
-    for col in frame.columns:
-        # text columns only: numeric ones hold numbers, not formulas
-        if not (is_numeric_dtype(frame[col]) or is_bool_dtype(frame[col])):
-            frame[col] = frame[col].map(csv_cell)
+
+def _column_cells(col: str, values: list) -> list[str]:
+    """A column's cells as text, as pandas' DataFrame and to_csv wrote them (na_rep ""), without
+    importing pandas (0.8 s of a warm `compare`); text cells neutralised (`csv_cell`), numbers not."""
+    if col in _INT_COLUMNS:
+        return ["" if _missing(x) else str(int(x)) for x in values]
+    present = [x for x in values if not _missing(x)]
+    kinds = {bool if isinstance(x, bool) else int if isinstance(x, int) else float if isinstance(x, float)
+             else object for x in present}
+    numeric = bool(present) and kinds <= {int, float} and (float in kinds or len(present) < len(values))
+    if col in _FLOAT_COLUMNS or numeric:  # pandas' float64: shortest repr, NaN empty
+        return ["" if _missing(x) else repr(float(x)) for x in values]
+    return ["" if _missing(x) else str(csv_cell(x)) for x in values]
+
+
+def render_csv(verdicts: list[Mapping]) -> str:
+    """One row per gate × position, the columns CSV_COLUMNS (the csv module's minimal quoting, as pandas)."""
+    import csv
+
+    rows = position_rows(verdicts)
+    columns = [_column_cells(c, [r[c] for r in rows]) for c in CSV_COLUMNS]
     buf = io.StringIO()
     # CRLF (RFC 4180): then a cell holding a carriage return is quoted too, not split into two rows
-    frame.to_csv(buf, index=False, lineterminator="\r\n")
+    writer = csv.writer(buf, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    writer.writerows(zip(*columns))
     return buf.getvalue().encode("utf-8", "backslashreplace").decode("utf-8")

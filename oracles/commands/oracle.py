@@ -27,6 +27,7 @@ CONFIG_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "trust_remote_code": (bool, False),
     "stream": (bool, False),
     "sequences": (str, True),
+    "threads": (int, False),
 }
 
 EXAMPLE = """\
@@ -80,6 +81,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
                         "safetensors files (about one layer in memory, same logits as in-memory float32)")
     input_path(p, "--sequences", metavar="TRACE", help="with --stream: teacher-force this trace's sequences "
                    "(e.g. the bf16 oracle's) for cases that give no continuation")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads (default: 1 for a small model such as the fixture, else torch's "
+                        "choice); recorded in the trace as torch_threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
 
