@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import safejson
 from harness.errors import InputError
 from harness.fileio import write_text_atomic
 
@@ -67,38 +67,24 @@ def _unspecial(d: dict) -> dict:
 
 
 MAX_DEPTH = 64  # a verdict nests 4 deep; provenance a little more
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-
-
 def json_depth(text: str) -> int:
     """How deep `text`'s arrays and objects nest (brackets inside strings do not count), in linear time."""
-    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
-    depth = deepest = 0
-    for c in brackets:
-        if c in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
-    return deepest
+    return safejson.measure(text)[0]
 
 
 def parse_json(text: str, source: str, *, max_depth: int = MAX_DEPTH):
     """`json.loads` for a verdict file: a file nested deeper than `max_depth`, or one that is not JSON,
     is an InputError naming `source` (never a RecursionError from the parser)."""
-    depth = json_depth(text)
-    if depth > max_depth:
-        raise InputError(f"{source}: not a flipgate verdict (JSON nested {depth} deep; a verdict nests at most "
-                         f"{max_depth})")
     try:
-        return json.loads(text)
+        return safejson.loads(text, max_depth=max_depth)
+    except safejson.JSONLimitError as e:
+        raise InputError(f"{source}: not a flipgate verdict (JSON {e}; a verdict nests at most {max_depth})") from None
     except RecursionError:
         raise InputError(f"{source}: not a flipgate verdict (JSON nested too deep)") from None
     except ValueError as e:  # JSONDecodeError, or an integer of more digits than Python converts
         where = f" at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
         msg = e.msg if isinstance(e, json.JSONDecodeError) else str(e).split(";")[0]
-        raise InputError(f"{source}: not JSON ({msg}{where})") from None
+        raise InputError(f"{source}: not a verdict (malformed JSON: {msg}{where})") from None
 
 
 def _plural(n: int, word: str) -> str:

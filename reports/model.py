@@ -8,7 +8,6 @@ string a view returns has been through `visible()` once: renderers only escape i
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from gates.verdict import (  # the one reading of the schema
-    CLASSES, MAX_DEPTH, SCHEMA, SUMMARY_KEYS, check_verdict, json_depth)
+    CLASSES, SCHEMA, SUMMARY_KEYS, check_verdict, parse_json)
 from harness.errors import InputError
 from harness.fileio import note_input
 
@@ -47,16 +46,7 @@ def load_verdict_file(path: str | os.PathLike) -> list[dict]:
         raise InputError(f"{p}: not a verdict (not UTF-8 text)") from None
     except OSError as e:
         raise InputError(f"{p}: cannot read ({e.strerror})") from None
-    if json_depth(text) > MAX_DEPTH:  # before the parser, which would recurse that deep
-        raise InputError(f"{p}: not a verdict (JSON nested {json_depth(text)} deep; a verdict nests at most "
-                         f"{MAX_DEPTH})")
-    try:
-        d = json.loads(text)
-    except RecursionError:
-        raise InputError(f"{p}: not a verdict (JSON nested too deep)") from None
-    except ValueError as e:  # JSONDecodeError, or an integer of more digits than Python converts
-        detail = f"{e.msg}, line {e.lineno}" if isinstance(e, json.JSONDecodeError) else str(e).split(";")[0]
-        raise InputError(f"{p}: not a verdict (malformed JSON: {detail})") from None
+    d = parse_json(text, str(p))  # nesting and size checked before the parser (harness.safejson)
     if isinstance(d, Mapping) and d.get("schema") == SIGNOFF_SCHEMA:
         d = d.get("verdicts")
         if not isinstance(d, list):
