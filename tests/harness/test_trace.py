@@ -172,9 +172,9 @@ def _header_file(path, header: dict, data_len: int, data: bytes = b"", *, raw_he
     return path
 
 
-def _claiming(path, *, tokens=5, rows=3, vocab=8, cases=("x",)):
+def _claiming(path, *, tokens=5, rows=3, vocab=8, cases=("x",), **meta):
     """A sparse trace whose header claims these sizes (all data zero: valid token ids)."""
-    header: dict = {"__metadata__": _meta(vocab_size=str(vocab), cases=json.dumps(list(cases)))}
+    header: dict = {"__metadata__": _meta(vocab_size=str(vocab), cases=json.dumps(list(cases)), **meta)}
     offset = 0
     for cid in cases:
         for kind, dtype, shape, item in (("input_ids", "I64", [tokens], 8), ("logits", "F32", [rows, vocab], 4)):
@@ -270,7 +270,8 @@ def test_memory_is_bounded_by_the_work_not_by_the_claims(tmp_path):
         assert err.count("\n") == 1 and "beyond" in err
     # the longest sequence the limits allow is read a slice at a time: validated, summarised and gated
     longest = _claiming(tmp_path / "long.safetensors", tokens=MAX_TOKENS, rows=2)
-    other = _claiming(tmp_path / "long2.safetensors", tokens=MAX_TOKENS, rows=2)
+    # (a candidate, not another oracle trace: the gate refuses an oracle as its candidate)
+    other = _claiming(tmp_path / "long2.safetensors", tokens=MAX_TOKENS, rows=2, runner="emulated", variant="fp16")
     rc, peak, err = _peak_rss(tmp_path, "trace", longest)
     assert rc == 0 and peak < 250, (rc, peak, err)
     rc, peak, err = _peak_rss(tmp_path, "gate", "fp16", "--no-control", "--oracle", longest, "--candidate", other)
