@@ -27,9 +27,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CASES = [  # two short prose/code prompts; the oracle continues each 8 tokens
-    {"id": "code", "prompt": "def add(a, b):\n    return a + b\n\nclass Stack:\n    def push(self, x):", "new_tokens": 8},
-    {"id": "prose", "prompt": "The quick brown fox jumps over the lazy dog while the farmer watches from the", "new_tokens": 8},
+CASES = [  # short prose/code prompts; the oracle continues each 12 tokens
+    {"id": "code", "prompt": "def add(a, b):\n    return a + b\n\nclass Stack:\n    def push(self, x):", "new_tokens": 12},
+    {"id": "prose", "prompt": "The quick brown fox jumps over the lazy dog while the farmer watches from the", "new_tokens": 12},
+    {"id": "doc", "prompt": "Return the number of items in the container; raise TypeError if", "new_tokens": 12},
+    {"id": "list", "prompt": "1. Open the file\n2. Read each line\n3.", "new_tokens": 12},
 ]
 
 
@@ -97,8 +99,6 @@ def run_stage(name: str, args: list[str], work: Path, must_hold: int, outputs: l
 def sizes(model: Path) -> dict:
     index = json.loads((model / "model.safetensors.index.json").read_text())
     cfg = json.loads((model / "config.json").read_text())
-    from harness.models import weight_files  # noqa: F401  (the model folder is what flipgate reads)
-
     total = index["metadata"]["total_size"]  # bf16 bytes
     v, h = cfg["vocab_size"], cfg["hidden_size"]
     head = v * h * 2
@@ -190,6 +190,24 @@ def main() -> None:
         a_, b_ = open_trace(work / "int8hu.safetensors"), open_trace(work / "int8hu-eager.safetensors")
         results["coreai_opt_bit_identical"] = all(a_.case(c).logits.tobytes() == b_.case(c).logits.tobytes()
                                                   for c in a_.case_ids)
+    if (work / "oracle.safetensors").exists():  # the slice's margin distribution (the gate needs confident rows)
+        import numpy as np
+
+        from harness.trace import open_trace
+
+        t = open_trace(work / "oracle.safetensors")
+        margins = []
+        for c in t.case_ids:
+            lg = t.case(c).logits.astype(np.float64)
+            p = np.exp(lg - lg.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            top = np.sort(p, axis=1)
+            margins += list(top[:, -1] - top[:, -2])
+        edges = [0, 0.01, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0]
+        counts, _ = np.histogram(margins, bins=edges)
+        results["margin_histogram"] = {f"{a:g}-{b:g}": int(n) for a, b, n in zip(edges, edges[1:], counts)}
+        results["confident_fraction"] = float(np.mean(np.array(margins) >= 0.1))
+        print("margins:", results["margin_histogram"], f"confident {results['confident_fraction']:.0%}")
     results_path.write_text(json.dumps(results, indent=1))
     print("\n| stage | exit | wall | per position | peak RSS | anonymous | must hold | ratio (anon) | written |")
     print("|---|---|---|---|---|---|---|---|---|")

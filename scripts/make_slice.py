@@ -271,7 +271,7 @@ def write_tokenizer(out: Path, vocab_size: int, seed: int) -> None:
 
 
 def make_slice(out: str | os.PathLike, *, layers: int = 4, scale: int = 1, seed: int = 0,
-               logit_noise: float = 1.0, boost_max: float = 16.0, layer_share: float = 0.35,
+               logit_noise: float = 1.0, boost_max: float = 24.0, layer_share: float = 0.35,
                log=print) -> Path:
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -306,7 +306,7 @@ def main(argv=None) -> None:
     ap.add_argument("--scale", type=int, default=1, help="divide every width by this (the tests use 16)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--logit-noise", type=float, default=1.0, help="std of the head's random logits")
-    ap.add_argument("--boost-max", type=float, default=16.0, help="largest planted bigram logit gap")
+    ap.add_argument("--boost-max", type=float, default=24.0, help="largest planted bigram logit gap")
     ap.add_argument("--layer-share", type=float, default=0.35,
                     help="each layer's output RMS as a share of the embedding's (context dependence)")
     a = ap.parse_args(argv)
