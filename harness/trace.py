@@ -577,6 +577,7 @@ class TraceWriter:
         self._tensors: dict[str, dict] = {}
         self._case_ids: list[str] = []
         self._seen: set[str] = set()
+        self._sequences: list[tuple[str, list[int]]] = []
         self._offset = 0
         self.committed = False
 
@@ -595,8 +596,11 @@ class TraceWriter:
         if self._f is None:
             raise ValueError("TraceWriter: add after commit or close")
         cid = case.case_id
-        if cid in self._seen or not cid or "/" in cid:
-            raise TraceError(self.path, "case ids must be unique, non-empty and free of '/'", case=cid)
+        problem = case_id_problem(cid)
+        if problem:
+            raise TraceError(self.path, problem, case=cid)
+        if cid in self._seen:
+            raise TraceError(self.path, "case ids must be unique: this one is given twice", case=cid)
         ids = np.asarray(case.input_ids)
         if not np.issubdtype(ids.dtype, np.integer):
             raise TraceError(self.path, f"input_ids must be integers, got {ids.dtype}", case=cid)
@@ -604,6 +608,7 @@ class TraceWriter:
         lg = _as_logits(case.logits, self.path, cid)
         self._seen.add(cid)
         self._case_ids.append(cid)
+        self._sequences.append((cid, ids.tolist()))  # token ids only: the case set hash at commit
         for kind, arr in (("input_ids", ids), ("logits", lg)):
             nbytes = arr.size * arr.dtype.itemsize
             self._tensors[f"{cid}/{kind}"] = {"dtype": _NP_TO_ST[arr.dtype], "shape": list(arr.shape),
@@ -623,6 +628,17 @@ class TraceWriter:
                 raise ValueError(f"TraceWriter: metadata lacks {key!r}")
         meta["format"] = FORMAT
         meta["cases"] = json.dumps(self._case_ids)
+        try:
+            vocab = int(meta["vocab_size"])
+        except ValueError:
+            raise ValueError(f"TraceWriter: vocab_size {meta['vocab_size']!r} is not an integer") from None
+        for cid, ids in self._sequences:
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise TraceError(self.path, f"input_ids hold token id {bad[0]}, outside the vocabulary [0, {vocab})",
+                                 case=cid)
+        # the case set these rows belong to, from the rows' own sequences, as write_trace stamps it
+        meta["case_set_sha256"] = case_set_sha256(self._sequences)
         raw = json.dumps({"__metadata__": meta, **self._tensors}, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)  # safetensors aligns the buffer to 8 bytes
         self._f.close()

@@ -60,7 +60,7 @@ def test_leaving_without_commit_writes_nothing(tmp_path):
 
 @pytest.mark.parametrize("bad, rule", [
     (CaseTrace("a", np.arange(4), np.zeros((1, 40), np.float16)), "unique"),
-    (CaseTrace("x/y", np.arange(4), np.zeros((1, 40), np.float16)), "free of '/'"),
+    (CaseTrace("x/y", np.arange(4), np.zeros((1, 40), np.float16)), "must not hold '/'"),
     (CaseTrace("f", np.arange(4.0), np.zeros((1, 40), np.float16)), "input_ids must be integers"),
     (CaseTrace("g", np.arange(4), np.zeros((1, 40), np.float64)), "cannot be written"),
 ])
