@@ -185,10 +185,11 @@ DTYPE_BITS = {"int8": 8, "int4": 4}
 ROW_CHUNK_ELEMENTS = 1 << 20
 
 
-def quantize_rows(q: BlockQuant, w: np.ndarray, *, keep_codes: bool = False,
+def quantize_rows(q: BlockQuant, w: np.ndarray, *, keep_codes: bool = False, out: np.ndarray | None = None,
                   chunk_elements: int = ROW_CHUNK_ELEMENTS) -> tuple[np.ndarray, QuantizedWeight | None]:
-    """(dequantized fp16 weight, its codes and scales if `keep_codes`) of `w` [out, in], chunk by chunk."""
-    deq = np.empty(w.shape, dtype=F16)
+    """(dequantized fp16 weight, its codes and scales if `keep_codes`) of `w` [out, in], chunk by chunk.
+    `out` may be `w` itself: each row chunk is quantized before its rows are overwritten."""
+    deq = np.empty(w.shape, dtype=F16) if out is None else out
     parts: list[QuantizedWeight] = []
     step = max(1, chunk_elements // max(1, w.shape[1]))
     for r0 in range(0, w.shape[0], step):

@@ -107,10 +107,11 @@ def _restrict(plan: dict[str, QuantSpec | None], only: Iterable[str] | None) -> 
 # -- the fast path ---------------------------------------------------------------------------------
 
 def apply_plan(model, plan: dict[str, QuantSpec | None], *, only: Iterable[str] | None = None,
-               keep_codes: bool = True) -> dict[str, QuantizedWeight]:
-    """Quantize the planned Linear weights of an fp16 `model` in place: each weight is replaced by
-    its dequantized fp16 value (a new Parameter, so a weight tied to another module is untied
-    rather than changed under it). Returns the codes and scales per module name (an empty dict
+               keep_codes: bool = True, in_place: bool = True) -> dict[str, QuantizedWeight]:
+    """Quantize the planned Linear weights of an fp16 `model` in place: each weight becomes its
+    dequantized fp16 value (a weight tied to another module gets a new Parameter, so it is untied
+    rather than changed under it; `in_place=False` gives every weight a new Parameter, leaving the
+    old one to whoever holds it: flip localisation keeps both). Returns the codes and scales per module name (an empty dict
     with `keep_codes=False`: the codes of a 27B's head alone are 1.2 GB).
 
     `only` restricts the plan to a subset of module names (flip localisation restores groups by
@@ -122,13 +123,22 @@ def apply_plan(model, plan: dict[str, QuantSpec | None], *, only: Iterable[str] 
     from ..quants import quantize_rows
 
     out: dict[str, QuantizedWeight] = {}
+    # storage shared by two parameters (a tied head): such a weight gets a new tensor, never a change
+    # under the other module; every other CPU weight is quantized in place (no second copy of a
+    # 2.4 GB head while its dequantized value is built)
+    owners: dict[int, int] = {}
+    for _, prm in model.named_parameters(remove_duplicate=False):
+        owners[prm.data_ptr()] = owners.get(prm.data_ptr(), 0) + 1
     for name, spec in _restrict(plan, only).items():
         module = model.get_submodule(name)
         w = module.weight.detach()
         if w.dtype != torch.float16:
             raise InputError(f"{name}: weight is {w.dtype}; the emulated candidates quantize the fp16 model")
-        deq, qw = quantize_rows(spec.scheme(), w.cpu().numpy(), keep_codes=keep_codes)
-        module.weight = torch.nn.Parameter(torch.from_numpy(deq).to(w.device), requires_grad=False)
+        here = in_place and w.device.type == "cpu" and owners.get(w.data_ptr(), 0) == 1 and w.is_contiguous()
+        src = w.numpy() if here else w.cpu().numpy()
+        deq, qw = quantize_rows(spec.scheme(), src, keep_codes=keep_codes, out=src if here else None)
+        if not here:
+            module.weight = torch.nn.Parameter(torch.from_numpy(deq).to(w.device), requires_grad=False)
         if keep_codes:
             out[name] = qw
     return out

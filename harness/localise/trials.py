@@ -122,12 +122,12 @@ class TrialRunner:
         self._modules = {n: model.get_submodule(n) for n in restorable}
         originals = {n: m.weight for n, m in self._modules.items()}
         # the safe weights (apply_plan leaves a module the safe recipe keeps at fp16 as it is) ...
-        apply_plan(model, modules.safe_plan, only=restorable, keep_codes=False)
+        apply_plan(model, modules.safe_plan, only=restorable, keep_codes=False, in_place=False)
         self._safe = {n: m.weight for n, m in self._modules.items()}
         for n, m in self._modules.items():
             m.weight = originals[n]
         # ... then the candidate's, everywhere: the model starts as the candidate
-        apply_plan(model, modules.candidate_plan, keep_codes=False)
+        apply_plan(model, modules.candidate_plan, keep_codes=False, in_place=False)
         self._candidate = {n: m.weight for n, m in self._modules.items()}
         self._restored: frozenset[str] = frozenset()
         self.decoder = model.get_decoder()

@@ -100,7 +100,7 @@ def test_loading_refuses_what_is_not_a_verdict(verdict, tmp_path, mutate, messag
 def test_loading_a_file_that_is_not_json(tmp_path):
     p = tmp_path / "x.json"
     p.write_text("{not json")
-    with pytest.raises(InputError, match="not JSON"):
+    with pytest.raises(InputError, match="malformed JSON"):
         Verdict.load(p)
     with pytest.raises(InputError, match="cannot read"):
         Verdict.load(tmp_path / "missing.json")
