@@ -316,7 +316,7 @@ def main() -> None:
         first = first.replace(str(d) + "/", "").replace("|", "\\|")
         if len(first) > 150:
             first = first[:147] + "..."
-        print(f"| {i} | {what} | {r.returncode} | `{first}` |", flush=True)
+        print(f"| {i} | {what.replace('|', chr(92) + '|')} | {r.returncode} | `{first}` |", flush=True)
     shutil.rmtree(d, ignore_errors=True)
 
 
