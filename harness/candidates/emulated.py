@@ -21,7 +21,6 @@ batched attention round differently from the S=1 recurrent path).
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
