@@ -32,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
+from harness import safejson
 from harness.errors import InputError
 from harness.evidence import evidence_of
 
@@ -151,12 +152,12 @@ def read_speed(path: str | Path) -> Speed:
     except UnicodeDecodeError:
         raise InputError(f"{p}: not a speed measurement (not UTF-8 text)") from None
     if text.lstrip().startswith("{"):
-        try:
-            doc = json.loads(text)
+        try:  # depth checked before the parser (harness.safejson), huge integers refused by json itself
+            doc = safejson.loads(text, max_depth=8)
         except json.JSONDecodeError as e:
             raise InputError(f"{p}: malformed JSON ({e.msg}, line {e.lineno})") from None
-        except RecursionError:
-            raise InputError(f"{p}: JSON nested too deep") from None
+        except (ValueError, RecursionError) as e:  # JSONLimitError, an integer of thousands of digits
+            raise InputError(f"{p}: not a speed measurement ({str(e).split(';')[0]})") from None
         if isinstance(doc, Mapping) and doc.get("schema") == SPEED_SCHEMA:
             return parse_runtime_speed(doc, str(p))
         return parse_llm_benchmark_json(doc, str(p))

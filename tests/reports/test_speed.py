@@ -70,6 +70,20 @@ def test_broken_json_is_refused(doc, message):
         parse_llm_benchmark_json(doc, "bench.json")
 
 
+@pytest.mark.parametrize("text, message", [
+    ('{"averages": {"generation_tps": ' + "9" * 5000 + "}}", "Exceeds the limit"),
+    ("{" + '"a": [' * 100_000 + "]" * 100_000 + "}", "nested"),
+])
+def test_hostile_speed_files_are_one_line_input_errors(tmp_path, text, message):
+    from reports.speed import read_speed
+
+    f = tmp_path / "bench.json"
+    f.write_text(text)
+    with pytest.raises(InputError, match=message) as e:
+        read_speed(f)
+    assert str(f) in str(e.value) and "\n" not in str(e.value)
+
+
 def test_bandwidth_arithmetic():
     # bytes per token x tok/s / bandwidth; the seed's "~28 GB/token -> 15.9 tok/s is ~87 %" holds with
     # 28 GiB (30.1e9 bytes); with 28e9 bytes it is 81.5 %
